@@ -1,0 +1,7 @@
+"""Allow ``python -m fracture_lib``."""
+
+import sys
+
+from fracture_lib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The command line: ``python -m fracture_lib <command> ...``.
+
+Thin by design: each command parses its arguments and calls one library function. Errors a user
+can cause are printed as one line (``error: ...``) with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from fracture_lib import config
+from fracture_lib.errors import FractureLibError
+
+# Keep TensorFlow's C++ start-up chatter out of the terminal unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    """Build the MURA index, print its summary and write it as CSV."""
+    raise NotImplementedError  # implemented with the mura module
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    """Generate the synthetic MURA-layout demo dataset."""
+    raise NotImplementedError  # implemented with the synthetic module
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train one fracture model or the body-part classifier."""
+    raise NotImplementedError  # implemented with the train module
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Score images or study folders with the trained runs."""
+    raise NotImplementedError  # implemented with the predict module
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the trained runs with their headline metrics."""
+    raise NotImplementedError  # implemented with the predict module
+
+
+def _cmd_reports(args: argparse.Namespace) -> int:
+    """Execute the notebooks with papermill and export the HTML reports."""
+    raise NotImplementedError  # implemented with the reports module
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Run the input-pipeline and training benchmarks."""
+    raise NotImplementedError  # implemented with the bench module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with one sub-command per task."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fracture_lib",
+        description="Fracture detection on MURA v1.1 musculoskeletal radiographs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    index = add("index", _cmd_index, "Index a MURA v1.1 data root into one tidy table with a patient-level split.")
+    index.add_argument("data_root", help="folder that contains MURA-v1.1/ (or the MURA-v1.1 folder itself)")
+    index.add_argument("--parts", default=None, help="comma-separated body parts (default: all present)")
+    index.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the train/val split")
+    index.add_argument("--val-fraction", type=float, default=config.DEFAULT_VAL_FRACTION,
+                       help="fraction of MURA-train patients moved to the validation split")
+    index.add_argument("--drop-missing", action="store_true",
+                       help="drop listed images that are missing or unreadable instead of failing")
+    index.add_argument("--verify-images", action="store_true", help="decode every image to find unreadable files")
+    index.add_argument("--out", required=True, help="CSV file to write")
+
+    demo = add("demo-data", _cmd_demo_data, "Write the synthetic demo dataset in MURA v1.1's exact layout.")
+    demo.add_argument("out_dir", nargs="?", default=str(config.DEMO_DATA_ROOT),
+                      help="data root to create (MURA-v1.1/ goes inside); default data/demo")
+    demo.add_argument("--patients", type=int, default=None, help="number of patients")
+    demo.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    demo.add_argument("--parts", default=None, help="comma-separated body parts (default elbow,hand,shoulder)")
+    demo.add_argument("--force", action="store_true", help="regenerate even when an identical set exists")
+
+    # The train, predict, models, reports and bench commands add their own options here.
+    from fracture_lib import cli_options  # noqa: PLC0415  (kept apart to keep this file short)
+
+    cli_options.add_train(add("train", _cmd_train, "Train a fracture model for one body part, or the body-part classifier."))
+    cli_options.add_predict(add("predict", _cmd_predict, "Score radiographs or study folders: body part, fracture probability, decision."))
+    cli_options.add_models(add("models", _cmd_models, "List trained runs with their headline metrics."))
+    cli_options.add_reports(add("reports", _cmd_reports, "Run every notebook headlessly and write the HTML reports."))
+    cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline and training throughput."))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except FractureLibError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

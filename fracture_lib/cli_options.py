@@ -1,0 +1,70 @@
+"""Argument definitions of the longer sub-commands (train, predict, models, reports, bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fracture_lib import config
+
+
+def add_train(parser: argparse.ArgumentParser) -> None:
+    """Options of ``train``."""
+    parser.add_argument("--target", choices=[config.FRACTURE_TARGET, config.BODY_PART_TARGET],
+                        default=config.FRACTURE_TARGET,
+                        help="'fracture' trains one body part's abnormality model; 'body_part' the router")
+    parser.add_argument("--part", default=None, help="body part for --target fracture (elbow, hand, shoulder, ...)")
+    parser.add_argument("--parts", default=None,
+                        help="classes of the body-part classifier (default elbow,hand,shoulder)")
+    parser.add_argument("--data", default=None, help="data root containing MURA-v1.1/ (default: real MURA if present, else demo)")
+    parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
+    parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch size (per replica x replicas)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")
+    parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation before resizing")
+    parser.add_argument("--patience", type=int, default=4, help="epochs without val improvement before early stopping")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--run-name", default="default", help="folder name of the run under models/<name>/")
+    parser.add_argument("--models-dir", default=str(config.MODELS_DIR))
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+
+
+def add_predict(parser: argparse.ArgumentParser) -> None:
+    """Options of ``predict``."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or study folders")
+    parser.add_argument("--models", default=str(config.MODELS_DIR), help="folder of trained runs")
+    parser.add_argument("--run-name", default=None, help="run to use for every model (default: the latest)")
+    parser.add_argument("--part", default=None, help="skip the body-part classifier and use this part's model")
+    parser.add_argument("--gradcam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per input")
+
+
+def add_models(parser: argparse.ArgumentParser) -> None:
+    """Options of ``models``."""
+    parser.add_argument("--models", default=str(config.MODELS_DIR), help="folder of trained runs")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def add_reports(parser: argparse.ArgumentParser) -> None:
+    """Options of ``reports``; each overrides the value in params.yaml."""
+    parser.add_argument("--params", default=str(config.PARAMS_FILE), help="YAML file of report parameters")
+    parser.add_argument("--parts", default=None, help="body parts, e.g. 'elbow hand'")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--demo-patients", type=int, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated notebook stems to run (e.g. 01_data_exploration)")
+    parser.add_argument("--reports-dir", default=str(config.REPORTS_DIR))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any other parameter in params.yaml")
+
+
+def add_bench(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench``."""
+    parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.json"))
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")

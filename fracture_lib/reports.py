@@ -1,0 +1,409 @@
+"""Run every notebook headlessly (papermill) and export the HTML reports (nbconvert).
+
+``run_reports`` executes 01 -> 02 -> 03 (once per body part, then the body-part classifier) ->
+04 (once per body part) -> 05 with the parameters of ``params.yaml`` (overridable), on the
+project's named Jupyter kernel. Everything is built in a temporary folder inside ``reports/``;
+only when every notebook has succeeded does the new set replace the previous one, so a failing
+notebook never leaves a half-written set behind. Executed notebooks go to ``reports/executed/``,
+HTML pages (code hidden, figures embedded) to ``reports/``, and ``reports/index.html`` links them
+with the headline metrics and how and when they were made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from fracture_lib import config
+from fracture_lib.errors import FractureLibError, ParameterError
+
+# Parameters every params file must define, with the type each must have.
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "data_dir": (str, type(None)),
+    "body_parts": (list,),
+    "seed": (int,),
+    "demo_patients": (int, type(None)),
+    "arch": (str,),
+    "weights": (str, type(None)),
+    "img_size": (int,),
+    "clahe": (bool,),
+    "epochs": (int,),
+    "batch_size": (int,),
+    "learning_rate": (float, int),
+    "run_name": (str,),
+    "aggregation": (str,),
+    "threshold_method": (str,),
+    "n_bootstrap": (int,),
+}
+
+# Files and folders of a report set; they are replaced together when a new set is complete.
+EXECUTED_DIRNAME = "executed"
+INDEX_FILENAME = "index.html"
+FAILED_BUILD_DIRNAME = ".last-failed-build"
+
+
+@dataclass
+class ReportJob:
+    """One notebook execution: which notebook, under which name, with which parameters."""
+
+    notebook: str
+    output_stem: str
+    title: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["epochs=5", "body_parts=[elbow, hand]"]`` into a dictionary (values read as YAML)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ParameterError(f"bad override {item!r}: write KEY=VALUE, e.g. --set epochs=5")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return overrides
+
+
+def load_parameters(params_file: str | os.PathLike[str] = config.PARAMS_FILE,
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the report parameters from YAML, apply ``overrides`` and validate the result."""
+    path = config.resolve_path(params_file)
+    if not path.is_file():
+        raise ParameterError(f"parameter file {path} not found: restore it with `git checkout params.yaml`")
+    try:
+        parameters = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0]
+        raise ParameterError(f"parameter file {path} is not valid YAML ({first_line}): fix its syntax") from None
+    if not isinstance(parameters, dict):
+        raise ParameterError(f"parameter file {path} must hold KEY: value lines")
+    for key, value in (overrides or {}).items():
+        if key not in PARAMETER_TYPES:
+            raise ParameterError(f"unknown parameter {key!r}: choose from {', '.join(PARAMETER_TYPES)}")
+        parameters[key] = value
+    return validate_parameters(parameters, source=path)
+
+
+def validate_parameters(parameters: dict[str, Any], source: Path | None = None) -> dict[str, Any]:
+    """Check names, types and values of the report parameters; return a normalised copy."""
+    where = f" in {source}" if source else ""
+    missing = [key for key in PARAMETER_TYPES if key not in parameters]
+    if missing:
+        raise ParameterError(f"missing parameter(s) {', '.join(missing)}{where}: add them (see params.yaml)")
+    unknown = [key for key in parameters if key not in PARAMETER_TYPES]
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}{where}: choose from {', '.join(PARAMETER_TYPES)}")
+    normalised = dict(parameters)
+    if isinstance(normalised["body_parts"], str):
+        normalised["body_parts"] = list(config.parse_body_parts(normalised["body_parts"]))
+    for key, allowed in PARAMETER_TYPES.items():
+        value = normalised[key]
+        # YAML reads "yes"/"no" as booleans, which are ints too: keep the check strict.
+        if isinstance(value, bool) and bool not in allowed:
+            raise ParameterError(f"parameter {key}={value!r}{where} has the wrong type")
+        if not isinstance(value, allowed):
+            names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+            raise ParameterError(f"parameter {key}={value!r}{where} must be {names}")
+    normalised["body_parts"] = list(config.parse_body_parts(normalised["body_parts"]))
+    for key in ("img_size", "epochs", "batch_size", "n_bootstrap"):
+        if normalised[key] < 1:
+            raise ParameterError(f"parameter {key}={normalised[key]}{where} must be at least 1")
+    if normalised["learning_rate"] <= 0:
+        raise ParameterError(f"parameter learning_rate={normalised['learning_rate']}{where} must be positive")
+    if normalised["aggregation"] not in ("mean", "max"):
+        raise ParameterError(f"parameter aggregation={normalised['aggregation']!r}{where}: choose mean or max")
+    if normalised["threshold_method"] not in ("fixed", "youden"):
+        raise ParameterError(
+            f"parameter threshold_method={normalised['threshold_method']!r}{where}: choose fixed or youden")
+    if normalised["weights"] in ("None", "none", "null", ""):
+        normalised["weights"] = None
+    normalised["learning_rate"] = float(normalised["learning_rate"])
+    return normalised
+
+
+def plan_reports(parameters: dict[str, Any]) -> list[ReportJob]:
+    """List the notebook executions of a full report run, in order."""
+    parts = list(parameters["body_parts"])
+    common = {key.upper(): value for key, value in parameters.items()}
+    jobs = [
+        ReportJob("01_data_exploration", "01_data_exploration", "Data exploration", dict(common)),
+        ReportJob("02_preprocessing", "02_preprocessing", "Preprocessing and input pipeline", dict(common)),
+    ]
+    for part in parts:
+        jobs.append(ReportJob("03_train", f"03_train_{part}", f"Training: {part} fracture model",
+                              {**common, "BODY_PART": part, "TARGET": config.FRACTURE_TARGET}))
+    jobs.append(ReportJob("03_train", f"03_train_{config.BODY_PART_TARGET}", "Training: body-part classifier",
+                          {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET}))
+    for part in parts:
+        jobs.append(ReportJob("04_evaluate", f"04_evaluate_{part}", f"Evaluation: {part}",
+                              {**common, "BODY_PART": part}))
+    jobs.append(ReportJob("05_summary", "05_summary", "Summary across body parts", dict(common)))
+    return jobs
+
+
+def _declared_parameters(notebook_path: Path) -> set[str]:
+    """Return the names defined in the notebook's ``parameters`` cell."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook_path)).keys())
+
+
+def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) -> Path:
+    """Resolve the data root; generate the demo set first when the real MURA is absent."""
+    data_root = config.resolve_data_root(parameters["data_dir"])
+    if data_root == config.DEMO_DATA_ROOT and parameters["data_dir"] in (None, "") and not config.real_data_available():
+        from fracture_lib import synthetic
+
+        progress(f"data/{config.MURA_DIRNAME} not found: using the synthetic demo set in {data_root}")
+        kwargs: dict[str, Any] = {"seed": parameters["seed"]}
+        if parameters["demo_patients"] is not None:
+            kwargs["patients"] = parameters["demo_patients"]
+        synthetic.ensure_demo_dataset(data_root, **kwargs)
+    elif not (data_root / config.MURA_DIRNAME).is_dir():
+        raise FractureLibError(
+            f"no {config.MURA_DIRNAME}/ folder in {data_root}: unzip MURA there or leave data_dir empty for the demo set")
+    return data_root
+
+
+def _execute(job: ReportJob, executed_dir: Path) -> Path:
+    """Execute one notebook with papermill; raise FractureLibError naming the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = config.NOTEBOOKS_DIR / f"{job.notebook}.ipynb"
+    if not source.is_file():
+        raise FractureLibError(f"notebook {source} is missing: restore it with `git checkout notebooks/`")
+    declared = _declared_parameters(source)
+    parameters = {name: value for name, value in job.parameters.items() if name in declared}
+    output = executed_dir / f"{job.output_stem}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(output),
+            parameters=parameters,
+            kernel_name=config.KERNEL_NAME,
+            cwd=str(config.NOTEBOOKS_DIR),
+            progress_bar=False,
+        )
+    except PapermillExecutionError as error:
+        message = str(error.evalue).strip().splitlines()
+        detail = message[-1] if message else ""
+        raise FractureLibError(
+            f"notebook {job.output_stem} failed in cell {error.exec_count}: {error.ename}: {detail} "
+            f"(executed notebook: {output})"
+        ) from None
+    return output
+
+
+def export_html(executed_notebook: Path, html_path: Path, title: str) -> None:
+    """Write the executed notebook as HTML with code hidden and figures embedded."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(str(executed_notebook), as_version=4)
+    notebook.metadata["title"] = title
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = True
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(notebook)
+    _write_text_atomically(html_path, body)
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _git_description() -> str:
+    """Return the current commit (with ``+changes`` when the tree is dirty), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=config.PROJECT_ROOT,
+                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJECT_ROOT,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return commit + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _headline_metrics(build_dir: Path, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    """Collect study-level headline metrics per body part from ``metrics/<part>.json``."""
+    rows = []
+    for part in parameters["body_parts"]:
+        path = build_dir / "metrics" / f"{part}.json"
+        if not path.is_file():
+            continue
+        document = json.loads(path.read_text())
+        headline = document.get("headline", document)
+        row = {"body_part": part}
+        for key in ("kappa", "auroc", "sensitivity", "specificity", "accuracy", "threshold"):
+            value = headline.get(key)
+            if isinstance(value, dict):
+                value = value.get("value")
+            if isinstance(value, (int, float)):
+                row[key] = float(value)
+        rows.append(row)
+    return rows
+
+
+def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, Any], data_root: Path,
+                synthetic_data: bool, started: dt.datetime, command: str) -> Path:
+    """Write ``index.html``: links to every report, headline metrics, and how the set was made."""
+    finished = dt.datetime.now().astimezone()
+    banner = ""
+    if synthetic_data:
+        banner = ('<p class="banner">These reports were made on the <b>synthetic demo dataset</b>, not on real '
+                  'radiographs. Its numbers show that the pipeline works; they say nothing about clinical '
+                  'performance. Place MURA v1.1 in <code>data/MURA-v1.1/</code> and run <code>make reports</code> '
+                  'again for real results.</p>')
+    report_rows = "\n".join(
+        f'<tr><td><a href="{html.escape(job.output_stem)}.html">{html.escape(job.title)}</a></td>'
+        f'<td><a href="{EXECUTED_DIRNAME}/{html.escape(job.output_stem)}.ipynb">notebook</a></td>'
+        f'<td class="number">{job.seconds:.0f} s</td></tr>'
+        for job in jobs
+    )
+    metric_rows = _headline_metrics(build_dir, parameters)
+    metric_names = ["kappa", "auroc", "sensitivity", "specificity", "accuracy", "threshold"]
+    metrics_table = "<p>No evaluation metrics were produced.</p>"
+    if metric_rows:
+        header = "".join(f"<th>{name}</th>" for name in ["body part (study level, test split)"] + metric_names)
+        body = "\n".join(
+            "<tr><td>" + html.escape(row["body_part"]) + "</td>"
+            + "".join(f'<td class="number">{row[name]:.3f}</td>' if name in row else "<td>-</td>"
+                      for name in metric_names)
+            + "</tr>"
+            for row in metric_rows
+        )
+        metrics_table = f"<table><tr>{header}</tr>\n{body}</table>"
+    parameter_rows = "\n".join(
+        f"<tr><td><code>{html.escape(key)}</code></td><td><code>{html.escape(json.dumps(value))}</code></td></tr>"
+        for key, value in parameters.items()
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Fracture detection reports</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 960px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
+.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.banner {{ background: #fff3cd; border: 1px solid #e0b000; padding: 0.8em; }}
+</style></head><body>
+<h1>Fracture detection on MURA v1.1: reports</h1>
+{banner}
+<h2>Headline metrics</h2>
+{metrics_table}
+<p>Study probability = mean of its images' probabilities (the MURA paper's rule) unless the
+parameters say otherwise; the decision threshold was chosen on the validation split. Confidence
+intervals are in each evaluation report.</p>
+<h2>Reports</h2>
+<table><tr><th>report</th><th>executed notebook</th><th>run time</th></tr>
+{report_rows}
+</table>
+<h2>How these reports were made</h2>
+<table>
+<tr><td>started</td><td>{started.isoformat(timespec="seconds")}</td></tr>
+<tr><td>finished</td><td>{finished.isoformat(timespec="seconds")}</td></tr>
+<tr><td>command</td><td><code>{html.escape(command)}</code></td></tr>
+<tr><td>code version</td><td>{html.escape(_git_description())}</td></tr>
+<tr><td>data root</td><td><code>{html.escape(str(data_root))}</code>{" (synthetic demo data)" if synthetic_data else ""}</td></tr>
+<tr><td>Python</td><td>{html.escape(platform.python_version())} on {html.escape(platform.platform())}</td></tr>
+</table>
+<h3>Parameters</h3>
+<table>{parameter_rows}</table>
+</body></html>
+"""
+    path = build_dir / INDEX_FILENAME
+    _write_text_atomically(path, page)
+    return path
+
+
+def _publish(build_dir: Path, reports_dir: Path) -> None:
+    """Replace the previous report set in ``reports_dir`` with the complete one in ``build_dir``."""
+    retired = reports_dir / f".retired-{os.getpid()}"
+    retired.mkdir(exist_ok=True)
+    # Move the previous set aside: its HTML pages, executed notebooks and metrics.
+    for entry in reports_dir.iterdir():
+        if entry.name.endswith(".html") or entry.name in (EXECUTED_DIRNAME, "metrics"):
+            os.replace(entry, retired / entry.name)
+    for entry in build_dir.iterdir():
+        os.replace(entry, reports_dir / entry.name)
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] | None = None,
+                only: Iterable[str] | None = None, progress: Callable[[str], None] = print,
+                command: str = "") -> Path:
+    """Execute the planned notebooks, export HTML, write the index, and publish the set.
+
+    ``only`` restricts the run to notebooks whose output name starts with one of the given
+    stems (for example ``["01_data_exploration"]``). Returns the path of ``index.html``.
+    """
+    reports_dir = config.resolve_path(reports_dir or config.REPORTS_DIR)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now().astimezone()
+    jobs = plan_reports(parameters)
+    if only:
+        prefixes = tuple(item.strip() for item in only if item.strip())
+        jobs = [job for job in jobs if job.output_stem.startswith(prefixes) or job.notebook.startswith(prefixes)]
+        if not jobs:
+            raise ParameterError(f"--only {','.join(prefixes)} matches no notebook: use stems like 01_data_exploration")
+
+    data_root = _ensure_data(parameters, progress)
+    from fracture_lib.synthetic import is_synthetic
+
+    synthetic_data = is_synthetic(data_root)
+    for job in jobs:
+        job.parameters["DATA_DIR"] = str(data_root)
+
+    build_dir = reports_dir / f".build-{started.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    executed_dir = build_dir / EXECUTED_DIRNAME
+    executed_dir.mkdir(parents=True)
+    # The notebooks write reports/metrics/ through config.METRICS_DIR: point it into the build.
+    previous_reports_env = os.environ.get("FRACTURE_REPORTS_DIR")
+    os.environ["FRACTURE_REPORTS_DIR"] = str(build_dir)
+    try:
+        for number, job in enumerate(jobs, start=1):
+            progress(f"[{number}/{len(jobs)}] {job.output_stem} ...")
+            start = time.perf_counter()
+            executed = _execute(job, executed_dir)
+            export_html(executed, build_dir / f"{job.output_stem}.html", job.title)
+            job.seconds = time.perf_counter() - start
+            progress(f"[{number}/{len(jobs)}] {job.output_stem} done in {job.seconds:.1f} s")
+        index = write_index(build_dir, jobs, parameters, data_root, synthetic_data, started, command)
+    except BaseException:
+        failed = reports_dir / FAILED_BUILD_DIRNAME
+        shutil.rmtree(failed, ignore_errors=True)
+        if build_dir.exists():
+            os.replace(build_dir, failed)
+        progress(f"the previous reports in {reports_dir} were left in place; this run's partial output is in {failed}")
+        raise
+    finally:
+        if previous_reports_env is None:
+            os.environ.pop("FRACTURE_REPORTS_DIR", None)
+        else:
+            os.environ["FRACTURE_REPORTS_DIR"] = previous_reports_env
+    _publish(build_dir, reports_dir)
+    shutil.rmtree(reports_dir / FAILED_BUILD_DIRNAME, ignore_errors=True)
+    total = sum(job.seconds or 0.0 for job in jobs)
+    progress(f"wrote {len(jobs)} reports in {total:.0f} s: {reports_dir / index.name}")
+    return reports_dir / index.name
+
+
+def command_line() -> str:
+    """Return the command that started this process, for the index page."""
+    return " ".join([Path(sys.executable).name, *sys.argv])

@@ -1,0 +1,110 @@
+"""The report runner: parameters, planning, failure handling and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fracture_lib import config, reports
+from fracture_lib.errors import FractureLibError, ParameterError
+
+
+def test_committed_parameters_are_valid() -> None:
+    parameters = reports.load_parameters()
+    assert parameters["body_parts"] == ["elbow", "hand", "shoulder"]
+    assert parameters["aggregation"] == "mean"
+
+
+def test_overrides_are_read_as_yaml_and_validated() -> None:
+    overrides = reports.parse_overrides(["epochs=3", "body_parts=[elbow]", "weights=imagenet"])
+    assert overrides == {"epochs": 3, "body_parts": ["elbow"], "weights": "imagenet"}
+    parameters = reports.load_parameters(overrides={**overrides, "body_parts": "elbow hand"})
+    assert parameters["epochs"] == 3 and parameters["body_parts"] == ["elbow", "hand"]
+    with pytest.raises(ParameterError, match="KEY=VALUE"):
+        reports.parse_overrides(["epochs"])
+    with pytest.raises(ParameterError, match="unknown parameter 'epoch'"):
+        reports.load_parameters(overrides={"epoch": 3})
+    with pytest.raises(ParameterError, match="epochs=0"):
+        reports.load_parameters(overrides={"epochs": 0})
+    with pytest.raises(ParameterError, match="unknown body part 'knee'"):
+        reports.load_parameters(overrides={"body_parts": ["knee"]})
+    with pytest.raises(ParameterError, match="threshold_method"):
+        reports.load_parameters(overrides={"threshold_method": "best"})
+
+
+def test_bad_parameter_file_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "params.yaml"
+    broken.write_text("epochs: [1,\n")
+    with pytest.raises(ParameterError, match=re.escape(str(broken))):
+        reports.load_parameters(broken)
+    with pytest.raises(ParameterError, match="not found"):
+        reports.load_parameters(tmp_path / "absent.yaml")
+
+
+def test_plan_runs_every_stage_in_order() -> None:
+    parameters = reports.load_parameters(overrides={"body_parts": ["elbow", "hand"]})
+    stems = [job.output_stem for job in reports.plan_reports(parameters)]
+    assert stems == [
+        "01_data_exploration", "02_preprocessing", "03_train_elbow", "03_train_hand", "03_train_body_part",
+        "04_evaluate_elbow", "04_evaluate_hand", "05_summary",
+    ]
+    jobs = {job.output_stem: job for job in reports.plan_reports(parameters)}
+    assert jobs["03_train_body_part"].parameters["TARGET"] == config.BODY_PART_TARGET
+    assert jobs["04_evaluate_hand"].parameters["BODY_PART"] == "hand"
+
+
+def test_failing_notebook_keeps_previous_reports(tmp_path: Path, tiny_demo_root: Path, monkeypatch) -> None:
+    # A previous, complete report set.
+    reports_dir = tmp_path / "reports"
+    reports_dir.mkdir()
+    (reports_dir / "index.html").write_text("previous set")
+    # A notebook folder whose 01 notebook fails on purpose.
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": config.KERNEL_NAME, "display_name": "Python (fracture)", "language": "python"}
+    notebook.cells = [
+        nbformat.v4.new_code_cell("DATA_DIR = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise ValueError('bad cell on purpose')"),
+    ]
+    nbformat.write(notebook, str(notebooks / "01_data_exploration.ipynb"))
+    monkeypatch.setattr(config, "NOTEBOOKS_DIR", notebooks)
+    parameters = reports.load_parameters(overrides={"data_dir": str(tiny_demo_root)})
+    with pytest.raises(FractureLibError, match=r"01_data_exploration failed in cell 2: ValueError: bad cell on purpose"):
+        reports.run_reports(parameters, reports_dir=reports_dir, only=["01_data_exploration"], progress=lambda _: None)
+    assert (reports_dir / "index.html").read_text() == "previous set"
+    assert (reports_dir / reports.FAILED_BUILD_DIRNAME / "executed" / "01_data_exploration.ipynb").is_file()
+    assert not list(reports_dir.glob(".build-*"))
+
+
+@pytest.mark.slow
+def test_make_reports_end_to_end(tmp_path: Path, tiny_demo_root: Path) -> None:
+    """`make reports` with tiny parameters writes index.html whose links all resolve."""
+    reports_dir = tmp_path / "reports"
+    make = shutil.which("make")
+    command = [
+        make, "-C", str(config.PROJECT_ROOT), "reports", f"DATA_DIR={tiny_demo_root}", "PARTS=elbow",
+        "EPOCHS=1", "IMG_SIZE=64", "BATCH_SIZE=16", "RUN_NAME=e2e",
+    ]
+    environment = {"FRACTURE_REPORTS_DIR": str(reports_dir)}
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=900,
+        env={**__import__("os").environ, **environment, "PYTHON": sys.executable},
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    index = reports_dir / "index.html"
+    assert index.is_file()
+    page = index.read_text()
+    assert "synthetic demo dataset" in page
+    links = re.findall(r'href="([^"]+)"', page)
+    assert "03_train_body_part.html" in links and "04_evaluate_elbow.html" in links and "05_summary.html" in links
+    for link in links:
+        assert (reports_dir / link).is_file(), f"broken link {link}"
+    assert (reports_dir / "metrics" / "elbow.json").is_file()
+    assert "[6/6] 05_summary done" in completed.stdout

@@ -45,7 +45,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_reports(args: argparse.Namespace) -> int:
     """Execute the notebooks with papermill and export the HTML reports."""
-    raise NotImplementedError  # implemented with the reports module
+    from fracture_lib import reports
+
+    overrides = reports.parse_overrides(args.set)
+    named = {
+        "body_parts": args.parts,
+        "epochs": args.epochs,
+        "data_dir": args.data_dir,
+        "arch": args.arch,
+        "weights": args.weights,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "run_name": args.run_name,
+        "demo_patients": args.demo_patients,
+    }
+    overrides.update({key: value for key, value in named.items() if value is not None})
+    parameters = reports.load_parameters(args.params, overrides)
+    only = args.only.split(",") if args.only else None
+    reports.run_reports(parameters, reports_dir=args.reports_dir, only=only, command=reports.command_line())
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

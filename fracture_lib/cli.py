@@ -20,7 +20,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _cmd_index(args: argparse.Namespace) -> int:
     """Build the MURA index, print its summary and write it as CSV."""
-    raise NotImplementedError  # implemented with the mura module
+    from fracture_lib import mura
+
+    # Paths typed on the command line are taken from the current folder, as a shell user expects.
+    index = mura.build_index(os.path.abspath(args.data_root), parts=args.parts, seed=args.seed,
+                             val_fraction=args.val_fraction, drop_missing=args.drop_missing,
+                             verify_images=args.verify_images)
+    mura.check_patient_disjoint(index)
+    print(mura.summarize_index(index).to_string(index=False))
+    out_path = mura.save_index(index, os.path.abspath(args.out))
+    print(f"{len(index)} images, {index['study'].nunique()} studies, {index['patient'].nunique()} patients; "
+          f"no patient in two splits; fingerprint {mura.index_fingerprint(index)}; written to {out_path}")
+    return 0
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -30,17 +41,52 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one fracture model or the body-part classifier."""
-    raise NotImplementedError  # implemented with the train module
+    from fracture_lib.train import TrainConfig, train_model
+
+    train_config = TrainConfig(
+        target=args.target,
+        body_part=args.part,
+        arch=args.arch,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weights=args.weights,
+        seed=args.seed,
+        data_dir=args.data,
+        run_name=args.run_name,
+        clahe=args.clahe,
+        patience=args.patience,
+        parts=config.parse_body_parts(args.parts),
+    )
+    result = train_model(train_config, models_dir=args.models_dir, verbose=args.verbose)
+    metric = "val_auroc" if args.target == config.FRACTURE_TARGET else "val_accuracy"
+    best = result.best_metrics.get(metric, float("nan"))
+    print(f"saved {result.run_dir} (best {metric} {best:.3f}, {len(result.history)} epochs, {result.seconds:.0f} s)")
+    return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    """Score images or study folders with the trained runs."""
-    raise NotImplementedError  # implemented with the predict module
+    """Score images or study folders with the trained runs; exit 1 when any input failed."""
+    from fracture_lib import predict
+
+    results = predict.predict_paths(args.paths, models_dir=args.models, part=args.part,
+                                    run_name=args.run_name, gradcam_dir=args.gradcam)
+    print(predict.format_json_lines(results) if args.json else predict.format_table(results))
+    # Errors are also on stderr, one line each, so stdout stays parseable with --json.
+    for result in results:
+        if result.error is not None:
+            print(f"error: {result.error}", file=sys.stderr)
+    return 1 if any(result.error is not None for result in results) else 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """List the trained runs with their headline metrics."""
-    raise NotImplementedError  # implemented with the predict module
+    from fracture_lib import predict
+
+    runs = predict.list_trained_runs(args.models)
+    print(predict.format_runs_json(runs) if args.json else predict.format_runs_table(runs))
+    return 0
 
 
 def _cmd_reports(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
     parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=32, help="global batch size (per replica x replicas)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica; the global batch is this times the number of replicas")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation before resizing")

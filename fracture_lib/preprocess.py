@@ -213,7 +213,11 @@ def build_cache(index: pd.DataFrame, data_root: str | os.PathLike[str], settings
     }
     (temporary / MANIFEST_FILENAME).write_text(json.dumps(manifest))
     shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temporary, folder)
+    try:
+        os.replace(temporary, folder)
+    except OSError:
+        # Another process (a second worker) published the same cache first: keep theirs.
+        shutil.rmtree(temporary, ignore_errors=True)
     return ImageCache(images, index, settings, folder, seconds, int(images.nbytes), reused=False)
 
 

@@ -1,0 +1,190 @@
+"""Model architectures: a compact CNN for CPUs and the ImageNet backbones used on MURA.
+
+Every model takes raw greyscale images ``(S, S, 1)`` in 0..255 (what the input pipeline yields)
+and does its own input handling as layers: it repeats grey to three channels when the backbone
+needs colour input and normalises the way that backbone was trained. So the pipeline, the
+evaluation and ``predict`` never need to know which backbone a run used. Backbones are built on
+the model's own tensors, so their layers sit in one flat graph and Grad-CAM can reach the last
+convolutional layer (``last_conv_layer_name``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+
+from fracture_lib.errors import FractureLibError, ParameterError
+
+ARCHITECTURES = ("small_cnn", "densenet169", "densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
+
+# ImageNet statistics in 0..1 (DenseNet, "torch" mode) and caffe-style BGR means in 0..255 (ResNet50).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+# The file Keras downloads for each backbone's ImageNet weights without the classifier top.
+WEIGHT_FILES = {
+    "densenet169": "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "efficientnetb0": "efficientnetb0_notop.h5",
+    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+WEIGHT_URLS = {
+    "densenet169": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/",
+    "densenet121": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/",
+    "resnet50": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
+    "efficientnetb0": "https://storage.googleapis.com/keras-applications/",
+    "mobilenetv2": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
+}
+MINIMUM_SIZE = {"small_cnn": 16, "densenet169": 32, "densenet121": 32, "resnet50": 32,
+                "efficientnetb0": 32, "mobilenetv2": 32}
+
+
+def _conv_block(features: Any, filters: int, name: str, initializer: Any, strides: int = 1) -> Any:
+    """Convolution (3x3, no bias), batch normalisation and ReLU."""
+    features = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                   kernel_initializer=initializer, name=f"{name}_conv")(features)
+    features = keras.layers.BatchNormalization(name=f"{name}_bn")(features)
+    return keras.layers.ReLU(name=name)(features)
+
+
+def _small_cnn_features(images: Any, seed: int) -> Any:
+    """A compact conv net sized for a 2-core CPU (about 200 training images/s at 128 px).
+
+    A strided stem halves the resolution once, three conv blocks each followed by max pooling
+    widen the features, and the final block, named ``last_conv``, is Grad-CAM's target. At
+    128 px its feature map is 8 x 8, fine enough to localise a fracture line.
+    """
+    initializer = keras.initializers.HeNormal(seed=seed)
+    features = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
+    features = _conv_block(features, 16, "stem", initializer, strides=2)
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        features = _conv_block(features, filters, f"block{stage}", initializer)
+        features = keras.layers.MaxPooling2D(2, name=f"block{stage}_pool")(features)
+    return _conv_block(features, 96, "last_conv", initializer)
+
+
+def _grey_to_rgb(images: Any) -> Any:
+    """Repeat the single grey channel three times (ImageNet backbones expect colour input)."""
+    return keras.layers.Concatenate(axis=-1, name="grey_to_rgb")([images, images, images])
+
+
+def _normalise_torch(rgb: Any) -> Any:
+    """DenseNet's normalisation: scale to 0..1, subtract the ImageNet mean, divide by its std."""
+    scaled = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(rgb)
+    variance = [value ** 2 for value in IMAGENET_STD]
+    return keras.layers.Normalization(mean=list(IMAGENET_MEAN), variance=variance, name="imagenet_normalise")(scaled)
+
+
+def _normalise_caffe(rgb: Any) -> Any:
+    """ResNet50's normalisation: BGR means subtracted, no scaling (grey is the same in RGB and BGR)."""
+    return keras.layers.Normalization(mean=list(CAFFE_BGR_MEAN), variance=[1.0, 1.0, 1.0],
+                                      name="caffe_normalise")(rgb)
+
+
+def _normalise_minus_one_to_one(rgb: Any) -> Any:
+    """MobileNetV2's normalisation: 0..255 to -1..1."""
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(rgb)
+
+
+def _backbone_builders() -> dict[str, tuple[Callable[..., Any], Callable[[Any], Any]]]:
+    """Each backbone's Keras constructor and input normalisation."""
+    applications = keras.applications
+    return {
+        "densenet169": (applications.DenseNet169, _normalise_torch),
+        "densenet121": (applications.DenseNet121, _normalise_torch),
+        "resnet50": (applications.ResNet50, _normalise_caffe),
+        # EfficientNet rescales and normalises inside the network: it expects 0..255.
+        "efficientnetb0": (applications.EfficientNetB0, lambda rgb: rgb),
+        "mobilenetv2": (applications.MobileNetV2, _normalise_minus_one_to_one),
+    }
+
+
+def _resolve_backbone_weights(arch: str, weights: str | None) -> str | None:
+    """Return what to pass as the backbone's ``weights``: None, 'imagenet' or a notop file path."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / WEIGHT_FILES[arch]
+        return str(cached) if cached.is_file() else "imagenet"
+    return weights
+
+
+def _imagenet_error(arch: str, error: Exception) -> FractureLibError:
+    """The message shown when ImageNet weights cannot be downloaded."""
+    filename = WEIGHT_FILES[arch]
+    return FractureLibError(
+        f"cannot download ImageNet weights for {arch} ({type(error).__name__}): on a machine with internet, "
+        f"download {WEIGHT_URLS[arch]}{filename} and place it in ~/.keras/models/{filename}, "
+        f"or train with weights=None"
+    )
+
+
+def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
+                dropout_rate: float = 0.3, seed: int = 42) -> keras.Model:
+    """Build a functional model from grey ``(img_size, img_size, 1)`` images in 0..255.
+
+    ``num_classes == 1`` gives one sigmoid unit (fracture probability); more gives a softmax
+    (body-part classifier). ``weights`` is None, ``"imagenet"`` or a path: a whole-model
+    ``.weights.h5`` file, or a backbone's notop ``.h5`` file.
+    """
+    if arch not in ARCHITECTURES:
+        raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
+    if not isinstance(img_size, int) or img_size < MINIMUM_SIZE[arch]:
+        raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
+    if not isinstance(num_classes, int) or num_classes < 1 or num_classes == 2:
+        raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 3 and more (softmax)")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ParameterError(f"dropout_rate={dropout_rate} must be in [0, 1)")
+    whole_model_weights = None
+    if weights not in (None, "imagenet"):
+        if not Path(weights).is_file():
+            raise FractureLibError(f"weights file {weights} not found: check the path, or use weights=None")
+        if str(weights).endswith(".weights.h5"):
+            whole_model_weights, weights = weights, None
+    if arch == "small_cnn" and weights is not None:
+        raise ParameterError("small_cnn has no ImageNet weights: use weights=None, or a backbone such as densenet169")
+
+    images = keras.Input(shape=(img_size, img_size, 1), name="image")
+    if arch == "small_cnn":
+        features = _small_cnn_features(images, seed)
+    else:
+        constructor, normalise = _backbone_builders()[arch]
+        backbone_input = normalise(_grey_to_rgb(images))
+        try:
+            backbone = constructor(include_top=False, weights=_resolve_backbone_weights(arch, weights),
+                                   input_tensor=backbone_input)
+        except FractureLibError:
+            raise
+        except Exception as error:  # noqa: BLE001 - download failures come in many types
+            if weights == "imagenet":
+                raise _imagenet_error(arch, error) from None
+            raise
+        features = backbone.output
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    pooled = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(pooled)
+    if num_classes == 1:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="fracture_probability")(pooled)
+    else:
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="body_part_probabilities")(pooled)
+    model = keras.Model(images, outputs, name=arch)
+    if whole_model_weights is not None:
+        model.load_weights(whole_model_weights)
+    return model
+
+
+def last_conv_layer_name(model: keras.Model) -> str:
+    """Return the name of the last layer with a spatial (4-D) output before global pooling."""
+    names = [layer.name for layer in model.layers]
+    if "last_conv" in names:
+        return "last_conv"
+    stop = names.index("pool") if "pool" in names else len(names)
+    for layer in reversed(model.layers[:stop]):
+        shape = getattr(layer, "output", None)
+        if shape is not None and len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+            return layer.name
+    raise ParameterError(f"model {model.name!r} has no convolutional layer for Grad-CAM")

@@ -36,7 +36,37 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     """Generate the synthetic MURA-layout demo dataset."""
-    raise NotImplementedError  # implemented with the synthetic module
+    import time
+
+    import pandas as pd
+
+    from fracture_lib import synthetic
+
+    started = time.perf_counter()
+    out_dir = config.resolve_path(args.out_dir)
+    kwargs = {"seed": args.seed, "parts": args.parts or synthetic.DEMO_PARTS}
+    if args.force:
+        synthetic.generate_demo_dataset(out_dir, patients=args.patients or synthetic.DEFAULT_DEMO_PATIENTS, **kwargs)
+    else:
+        synthetic.ensure_demo_dataset(out_dir, patients=args.patients, **kwargs)
+    mura_dir = out_dir / config.MURA_DIRNAME
+    rows = []
+    for mura_split in ("train", "valid"):
+        studies = pd.read_csv(mura_dir / f"{mura_split}_labeled_studies.csv", header=None, names=["study", "label"])
+        studies["part"] = studies["study"].str.split("/").str[2].str.removeprefix("XR_").str.lower()
+        images = pd.read_csv(mura_dir / f"{mura_split}_image_paths.csv", header=None, names=["path"])
+        images["study"] = images["path"].str.rsplit("/", n=1).str[0] + "/"
+        images = images.merge(studies, on="study")
+        counts = images.groupby(["part", "label"]).agg(studies=("study", "nunique"), images=("path", "size"))
+        rows.append(counts.assign(split=mura_split).reset_index())
+    table = pd.concat(rows).pivot_table(index=["split", "part"], columns="label", values=["studies", "images"],
+                                        fill_value=0).astype(int)
+    print(table.rename(columns={0: "normal", 1: "abnormal"}).to_string())
+    parameters = synthetic.demo_parameters(out_dir) or {}
+    print(f"synthetic demo set in {mura_dir}: {parameters.get('images')} images, {parameters.get('studies')} studies, "
+          f"{parameters.get('patients')} patients, seed {parameters.get('seed')} "
+          f"({time.perf_counter() - started:.1f} s)")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

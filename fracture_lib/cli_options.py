@@ -20,7 +20,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica; the global batch is this times the number of replicas")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation before resizing")
     parser.add_argument("--patience", type=int, default=4, help="epochs without val improvement before early stopping")

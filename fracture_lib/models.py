@@ -10,6 +10,7 @@ convolutional layer (``last_conv_layer_name``).
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-# The file Keras downloads for each backbone's ImageNet weights without the classifier top.
+# The file Keras downloads for each backbone's ImageNet weights without the classifier top
+# (MobileNetV2's name also depends on the input size: see ``imagenet_weights_file``).
 WEIGHT_FILES = {
     "densenet169": "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -40,6 +42,8 @@ WEIGHT_URLS = {
     "efficientnetb0": "https://storage.googleapis.com/keras-applications/",
     "mobilenetv2": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
 }
+# MobileNetV2 has ImageNet weights trained at these sizes; Keras uses the 224 px ones otherwise.
+MOBILENET_V2_WEIGHT_SIZES = (96, 128, 160, 192, 224)
 MINIMUM_SIZE = {"small_cnn": 16, "densenet169": 32, "densenet121": 32, "resnet50": 32,
                 "efficientnetb0": 32, "mobilenetv2": 32}
 
@@ -48,12 +52,12 @@ def _conv_block(features: Any, filters: int, name: str, initializer: Any, stride
     """Convolution (3x3, no bias), batch normalisation and ReLU."""
     features = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                                    kernel_initializer=initializer, name=f"{name}_conv")(features)
-    features = keras.layers.BatchNormalization(name=f"{name}_bn")(features)
+    features = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(features)
     return keras.layers.ReLU(name=name)(features)
 
 
 def _small_cnn_features(images: Any, seed: int) -> Any:
-    """A compact conv net sized for a 2-core CPU (about 200 training images/s at 128 px).
+    """A compact conv net (82k parameters) sized for a 2-core CPU at 128 px.
 
     A strided stem halves the resolution once, three conv blocks each followed by max pooling
     widen the features, and the final block, named ``last_conv``, is Grad-CAM's target. At
@@ -104,24 +108,62 @@ def _backbone_builders() -> dict[str, tuple[Callable[..., Any], Callable[[Any], 
     }
 
 
-def _resolve_backbone_weights(arch: str, weights: str | None) -> str | None:
+def imagenet_weights_file(arch: str, img_size: int) -> str:
+    """Return the file name Keras downloads (into ``~/.keras/models/``) for a backbone's ImageNet weights."""
+    if arch not in WEIGHT_FILES:
+        raise ParameterError(f"{arch} has no ImageNet weights: choose from {', '.join(WEIGHT_FILES)}")
+    if arch == "mobilenetv2":
+        rows = img_size if img_size in MOBILENET_V2_WEIGHT_SIZES else 224
+        return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    return WEIGHT_FILES[arch]
+
+
+def _resolve_backbone_weights(arch: str, img_size: int, weights: str | None) -> str | None:
     """Return what to pass as the backbone's ``weights``: None, 'imagenet' or a notop file path."""
     if weights is None:
         return None
     if weights == "imagenet":
-        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / WEIGHT_FILES[arch]
+        # Use a file already placed in the Keras cache folder, so no download is attempted.
+        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+        cached = keras_home / "models" / imagenet_weights_file(arch, img_size)
         return str(cached) if cached.is_file() else "imagenet"
     return weights
 
 
-def _imagenet_error(arch: str, error: Exception) -> FractureLibError:
+def _imagenet_error(arch: str, img_size: int, error: Exception) -> FractureLibError:
     """The message shown when ImageNet weights cannot be downloaded."""
-    filename = WEIGHT_FILES[arch]
+    filename = imagenet_weights_file(arch, img_size)
     return FractureLibError(
         f"cannot download ImageNet weights for {arch} ({type(error).__name__}): on a machine with internet, "
         f"download {WEIGHT_URLS[arch]}{filename} and place it in ~/.keras/models/{filename}, "
         f"or train with weights=None"
     )
+
+
+def _is_integer(value: object) -> bool:
+    """Tell whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _split_weights(arch: str, weights: str | os.PathLike[str] | None) -> tuple[str | None, str | None]:
+    """Check ``weights`` and return (what the backbone loads, a whole-model weights file to load after).
+
+    Empty strings and "none" (as parameters from notebooks and the CLI arrive) mean no weights.
+    """
+    if weights is None or str(weights).strip().lower() in ("", "none", "null"):
+        return None, None
+    if str(weights).strip().lower() == "imagenet":
+        if arch == "small_cnn":
+            raise ParameterError("small_cnn has no ImageNet weights: use weights=None, or a backbone such as densenet169")
+        return "imagenet", None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FractureLibError(f"weights file {path} not found: check the path, or use weights=None")
+    if path.name.endswith(".weights.h5"):
+        return None, str(path)
+    if arch == "small_cnn":
+        raise ParameterError(f"small_cnn has no backbone to load {path} into: pass a whole-model .weights.h5 file")
+    return str(path), None
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
@@ -134,21 +176,15 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     """
     if arch not in ARCHITECTURES:
         raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
-    if not isinstance(img_size, int) or img_size < MINIMUM_SIZE[arch]:
+    if not _is_integer(img_size) or img_size < MINIMUM_SIZE[arch]:
         raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
-    if not isinstance(num_classes, int) or num_classes < 1 or num_classes == 2:
-        raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 3 and more (softmax)")
-    if not 0.0 <= dropout_rate < 1.0:
+    if not _is_integer(num_classes) or num_classes < 1:
+        raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 2 and more (softmax)")
+    if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
         raise ParameterError(f"dropout_rate={dropout_rate} must be in [0, 1)")
-    whole_model_weights = None
-    if weights not in (None, "imagenet"):
-        if not Path(weights).is_file():
-            raise FractureLibError(f"weights file {weights} not found: check the path, or use weights=None")
-        if str(weights).endswith(".weights.h5"):
-            whole_model_weights, weights = weights, None
-    if arch == "small_cnn" and weights is not None:
-        raise ParameterError("small_cnn has no ImageNet weights: use weights=None, or a backbone such as densenet169")
+    weights, whole_model_weights = _split_weights(arch, weights)
 
+    img_size, num_classes = int(img_size), int(num_classes)
     images = keras.Input(shape=(img_size, img_size, 1), name="image")
     if arch == "small_cnn":
         features = _small_cnn_features(images, seed)
@@ -156,16 +192,21 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
         constructor, normalise = _backbone_builders()[arch]
         backbone_input = normalise(_grey_to_rgb(images))
         try:
-            backbone = constructor(include_top=False, weights=_resolve_backbone_weights(arch, weights),
+            backbone = constructor(include_top=False, weights=_resolve_backbone_weights(arch, img_size, weights),
                                    input_tensor=backbone_input)
         except FractureLibError:
             raise
         except Exception as error:  # noqa: BLE001 - download failures come in many types
             if weights == "imagenet":
-                raise _imagenet_error(arch, error) from None
+                raise _imagenet_error(arch, img_size, error) from None
             raise
         features = backbone.output
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if arch == "small_cnn":
+        # A fracture is a small, local finding: max pooling keeps the strongest response instead of
+        # averaging it away over the whole radiograph, which makes the compact net learn far faster.
+        pooled = keras.layers.GlobalMaxPooling2D(name="pool")(features)
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     pooled = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(pooled)
     if num_classes == 1:
         outputs = keras.layers.Dense(1, activation="sigmoid", name="fracture_probability")(pooled)

@@ -45,7 +45,7 @@ class TrainConfig:
     img_size: int = 128
     epochs: int = 12
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weights: str | None = None
     seed: int = config.DEFAULT_SEED
     data_dir: str | None = None

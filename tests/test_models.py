@@ -12,60 +12,126 @@ from fracture_lib import models
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import ARCHITECTURES, build_model, last_conv_layer_name
 
+# The layer each backbone's Grad-CAM should use (the last 4-D output before global pooling).
+EXPECTED_LAST_CONV = {
+    "small_cnn": "last_conv",
+    "densenet169": "relu",
+    "densenet121": "relu",
+    "resnet50": "conv5_block3_out",
+    "efficientnetb0": "top_activation",
+    "mobilenetv2": "out_relu",
+}
+
+
+def _random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Raw grey images in 0..255, as the input pipeline yields them."""
+    return np.random.default_rng(seed).uniform(0, 255, (count, size, size, 1)).astype(np.float32)
+
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_architecture_builds_and_predicts(arch: str) -> None:
     keras.backend.clear_session()
-    size = 32 if arch == "small_cnn" else models.MINIMUM_SIZE[arch]
-    binary = build_model(arch, size, weights=None)
-    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
-    probabilities = binary.predict(images, verbose=0)
-    assert probabilities.shape == (2, 1) and np.all((probabilities >= 0) & (probabilities <= 1))
-    # The Grad-CAM layer is a top-level layer with a spatial output.
-    layer = binary.get_layer(last_conv_layer_name(binary))
-    assert layer in binary.layers and len(layer.output.shape) == 4
-    assert not any(isinstance(sub, keras.Model) for sub in binary.layers)
+    size = models.MINIMUM_SIZE[arch] if arch != "small_cnn" else 32
+    model = build_model(arch, size, weights=None)
+    assert model.input.shape == (None, size, size, 1) and model.inputs[0].name == "image"
+    # Calling the model directly (no tf.function tracing) keeps the big backbones fast to test.
+    probabilities = keras.ops.convert_to_numpy(model(_random_images(2, size), training=False))
+    assert probabilities.shape == (2, 1)
+    assert np.all(np.isfinite(probabilities)) and np.all((probabilities >= 0) & (probabilities <= 1))
+    assert model.output.name.startswith("fracture_probability") or model.layers[-1].name == "fracture_probability"
+    # The Grad-CAM layer is a top-level layer of one flat graph, with a spatial output.
+    name = last_conv_layer_name(model)
+    assert name == EXPECTED_LAST_CONV[arch]
+    layer = model.get_layer(name)
+    assert layer in model.layers and len(layer.output.shape) == 4
+    assert not any(isinstance(sub, keras.Model) for sub in model.layers)
+    # Only colour backbones repeat grey to three channels.
+    assert ("grey_to_rgb" in [item.name for item in model.layers]) == (arch != "small_cnn")
 
 
-def test_softmax_classifier_sums_to_one() -> None:
-    classifier = build_model("small_cnn", 48, num_classes=3)
-    probabilities = classifier.predict(np.zeros((4, 48, 48, 1), np.float32), verbose=0)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_softmax_classifier_sums_to_one(num_classes: int) -> None:
+    classifier = build_model("small_cnn", 48, num_classes=num_classes)
+    probabilities = keras.ops.convert_to_numpy(classifier(_random_images(4, 48), training=False))
+    assert probabilities.shape == (4, num_classes) and classifier.layers[-1].name == "body_part_probabilities"
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_backbone_normalisation_matches_keras_preprocess_input() -> None:
+    keras.backend.clear_session()
+    grey = _random_images(2, 32, seed=3)
+    rgb = np.repeat(grey, 3, axis=-1)
+    cases = {
+        "densenet121": ("imagenet_normalise", keras.applications.densenet.preprocess_input),
+        "resnet50": ("caffe_normalise", keras.applications.resnet50.preprocess_input),
+        "mobilenetv2": ("rescale", keras.applications.mobilenet_v2.preprocess_input),
+    }
+    for arch, (layer_name, preprocess_input) in cases.items():
+        model = build_model(arch, 32)
+        normaliser = keras.Model(model.input, model.get_layer(layer_name).output)
+        ours = keras.ops.convert_to_numpy(normaliser(grey))
+        np.testing.assert_allclose(ours, preprocess_input(rgb.copy()), rtol=1e-5, atol=1e-4)
 
 
 def test_saved_model_reloads_in_safe_mode_with_identical_predictions(tmp_path: Path) -> None:
     model = build_model("small_cnn", 48, seed=1)
-    images = np.random.default_rng(1).uniform(0, 255, (3, 48, 48, 1)).astype(np.float32)
+    images = _random_images(3, 48, seed=1)
+    expected = model.predict(images, verbose=0)
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True, compile=False)
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
-    # A whole-model weights file is accepted as `weights`.
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-6)
+    assert last_conv_layer_name(reloaded) == "last_conv"
+    # A whole-model weights file is accepted as `weights`; another seed alone would predict differently.
     model.save_weights(tmp_path / "small.weights.h5")
     again = build_model("small_cnn", 48, weights=str(tmp_path / "small.weights.h5"), seed=7)
-    np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(again.predict(images, verbose=0), expected, atol=1e-6)
 
 
 def test_imagenet_offline_names_the_file_to_place(monkeypatch, tmp_path: Path) -> None:
+    keras.backend.clear_session()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
+    # Keras applications call file_utils.get_file; patch every route so no download is tried.
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline, raising=False)
-    monkeypatch.setattr("keras.src.applications.densenet.file_utils.get_file", offline, raising=False)
-    with pytest.raises(FractureLibError, match=r"~/.keras/models/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"):
-        build_model("densenet121", 32, weights="imagenet")
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+    # MobileNetV2 builds quickly, and its file name depends on the input size (96 px here).
+    file_name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+    with pytest.raises(FractureLibError, match=r"~/\.keras/models/" + file_name) as caught:
+        build_model("mobilenetv2", 96, weights="imagenet")
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + file_name in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_imagenet_weights_file_names() -> None:
+    assert models.imagenet_weights_file("resnet50", 224) == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert models.imagenet_weights_file("efficientnetb0", 128) == "efficientnetb0_notop.h5"
+    # MobileNetV2's weights depend on the input size; other sizes use the 224 px file.
+    assert models.imagenet_weights_file("mobilenetv2", 128).endswith("_1.0_128_no_top.h5")
+    assert models.imagenet_weights_file("mobilenetv2", 320).endswith("_1.0_224_no_top.h5")
 
 
 def test_bad_arguments_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="unknown architecture 'vgg'"):
         build_model("vgg", 64)
     with pytest.raises(ParameterError, match="too small"):
-        build_model("densenet121", 8)
-    with pytest.raises(ParameterError, match="no ImageNet weights"):
+        build_model("densenet121", 16)
+    with pytest.raises(ParameterError, match="too small"):
+        build_model("small_cnn", 64.5)
+    with pytest.raises(ParameterError, match="small_cnn has no ImageNet weights"):
         build_model("small_cnn", 64, weights="imagenet")
     with pytest.raises(ParameterError, match="dropout_rate"):
         build_model("small_cnn", 64, dropout_rate=1.5)
-    with pytest.raises(FractureLibError, match="not found"):
-        build_model("small_cnn", 64, weights=str(tmp_path / "absent.weights.h5"))
+    with pytest.raises(ParameterError, match="num_classes"):
+        build_model("small_cnn", 64, num_classes=0)
+    missing = tmp_path / "absent.weights.h5"
+    with pytest.raises(FractureLibError, match="absent.weights.h5 not found"):
+        build_model("small_cnn", 64, weights=str(missing))
+    backbone_file = tmp_path / "notop.h5"
+    backbone_file.write_bytes(b"")
+    with pytest.raises(ParameterError, match="small_cnn has no backbone"):
+        build_model("small_cnn", 64, weights=str(backbone_file))
+    # Parameters from notebooks arrive as strings: "none" means no weights.
+    assert build_model("small_cnn", 32, weights="none").count_params() > 0

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 import pandas as pd
 
 from fracture_lib import config, mura, synthetic
@@ -139,8 +140,6 @@ def run_dir_for(name: str, run_name: str, models_dir: str | os.PathLike[str] | N
 
 def choose_strategy() -> Any:
     """Pick the distribution strategy: multi-worker with TF_CONFIG, mirrored on several GPUs, else default."""
-    import tensorflow as tf
-
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:

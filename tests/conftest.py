@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 from fracture_lib import config  # noqa: E402
 
 # Small enough to keep `make test` fast, large enough for every split, part and label to occur.
-TINY_PATIENTS = 60
+TINY_PATIENTS = 150
 TINY_IMG_SIZE = 64
 
 

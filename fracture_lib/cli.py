@@ -70,9 +70,10 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Train one fracture model or the body-part classifier."""
+    """Train one fracture model or the body-part classifier; print where it was saved and its best metric."""
     from fracture_lib.train import TrainConfig, train_model
 
+    # Folders typed on the command line are taken from the shell's working directory.
     train_config = TrainConfig(
         target=args.target,
         body_part=args.part,
@@ -81,18 +82,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        weights=args.weights,
+        weights=os.path.abspath(args.weights) if args.weights and os.path.exists(args.weights) else args.weights,
         seed=args.seed,
-        data_dir=args.data,
+        data_dir=os.path.abspath(args.data) if args.data else None,
         run_name=args.run_name,
         clahe=args.clahe,
         patience=args.patience,
         parts=config.parse_body_parts(args.parts),
     )
-    result = train_model(train_config, models_dir=args.models_dir, verbose=args.verbose)
+    result = train_model(train_config, models_dir=os.path.abspath(args.models_dir), verbose=args.verbose)
     metric = "val_auroc" if args.target == config.FRACTURE_TARGET else "val_accuracy"
     best = result.best_metrics.get(metric, float("nan"))
-    print(f"saved {result.run_dir} (best {metric} {best:.3f}, {len(result.history)} epochs, {result.seconds:.0f} s)")
+    epoch = result.config.get("best_epoch")
+    print(f"saved {result.run_dir}")
+    print(f"best {metric} {best:.4f} at epoch {epoch + 1 if epoch is not None else '?'} of {len(result.history)} "
+          f"({result.seconds:.0f} s{', synthetic data' if result.config.get('synthetic_data') else ''})")
     return 0
 
 
@@ -100,10 +104,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     """Score images or study folders with the trained runs; exit 1 when any input failed."""
     from fracture_lib import predict
 
-    results = predict.predict_paths(args.paths, models_dir=args.models, part=args.part,
-                                    run_name=args.run_name, gradcam_dir=args.gradcam)
+    # Folders typed on the command line are taken from the shell's working directory.
+    gradcam_dir = os.path.abspath(args.gradcam) if args.gradcam else None
+    results = predict.predict_paths(args.paths, models_dir=os.path.abspath(args.models), part=args.part,
+                                    run_name=args.run_name, gradcam_dir=gradcam_dir)
     print(predict.format_json_lines(results) if args.json else predict.format_table(results))
-    # Errors are also on stderr, one line each, so stdout stays parseable with --json.
+    # Errors go to stderr, one line each, so stdout stays parseable with --json.
     for result in results:
         if result.error is not None:
             print(f"error: {result.error}", file=sys.stderr)
@@ -114,7 +120,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     """List the trained runs with their headline metrics."""
     from fracture_lib import predict
 
-    runs = predict.list_trained_runs(args.models)
+    runs = predict.list_trained_runs(os.path.abspath(args.models))
     print(predict.format_runs_json(runs) if args.json else predict.format_runs_table(runs))
     return 0
 
@@ -143,8 +149,13 @@ def _cmd_reports(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    """Run the input-pipeline and training benchmarks."""
-    raise NotImplementedError  # implemented with the bench module
+    """Run the input-pipeline and training benchmarks and write them as JSON."""
+    from fracture_lib import bench
+
+    # Paths typed on the command line are taken from the current folder, as a shell user expects.
+    bench.run_benchmarks(out_path=os.path.abspath(args.out), quick=args.quick,
+                         data_dir=os.path.abspath(args.data) if args.data else None, seed=args.seed)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,5 +66,10 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
 
 def add_bench(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench``."""
-    parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.json"))
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.json"),
+                        help="JSON file to write (default reports/benchmarks.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and no densenet121: about a minute, for a smoke test")
+    parser.add_argument("--data", default=None,
+                        help="data root containing MURA-v1.1/ (default: the synthetic demo set, generated if missing)")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the samples, shuffles and models")

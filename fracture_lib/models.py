@@ -44,12 +44,17 @@ WEIGHT_URLS = {
 }
 # MobileNetV2 has ImageNet weights trained at these sizes; Keras uses the 224 px ones otherwise.
 MOBILENET_V2_WEIGHT_SIZES = (96, 128, 160, 192, 224)
+# Dropout before the classifier. small_cnn has none: each of its max-pooled features is a
+# detector that fires on a small finding, and dropping detectors at random slowed its training
+# several-fold on the demo data; the wide backbones use the common 0.3.
+DEFAULT_DROPOUT_RATE = {arch: (0.0 if arch == "small_cnn" else 0.3) for arch in ARCHITECTURES}
 MINIMUM_SIZE = {"small_cnn": 16, "densenet169": 32, "densenet121": 32, "resnet50": 32,
                 "efficientnetb0": 32, "mobilenetv2": 32}
 
 
-def _conv_block(features: Any, filters: int, name: str, initializer: Any, strides: int = 1) -> Any:
-    """Convolution (3x3, no bias), batch normalisation and ReLU."""
+def _conv_block(features: Any, filters: int, name: str, seed: int, strides: int = 1) -> Any:
+    """Convolution (3x3, no bias, He-initialised from ``seed``), batch normalisation and ReLU."""
+    initializer = keras.initializers.HeNormal(seed=seed)
     features = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                                    kernel_initializer=initializer, name=f"{name}_conv")(features)
     features = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(features)
@@ -63,13 +68,13 @@ def _small_cnn_features(images: Any, seed: int) -> Any:
     widen the features, and the final block, named ``last_conv``, is Grad-CAM's target. At
     128 px its feature map is 8 x 8, fine enough to localise a fracture line.
     """
-    initializer = keras.initializers.HeNormal(seed=seed)
+    # Each layer gets its own seed: one seeded initializer would repeat the same random numbers.
     features = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
-    features = _conv_block(features, 16, "stem", initializer, strides=2)
+    features = _conv_block(features, 16, "stem", seed, strides=2)
     for stage, filters in enumerate((16, 32, 64), start=1):
-        features = _conv_block(features, filters, f"block{stage}", initializer)
+        features = _conv_block(features, filters, f"block{stage}", seed + stage)
         features = keras.layers.MaxPooling2D(2, name=f"block{stage}_pool")(features)
-    return _conv_block(features, 96, "last_conv", initializer)
+    return _conv_block(features, 96, "last_conv", seed + 4)
 
 
 def _grey_to_rgb(images: Any) -> Any:
@@ -140,6 +145,13 @@ def _imagenet_error(arch: str, img_size: int, error: Exception) -> FractureLibEr
     )
 
 
+def _weights_file_error(path: str, expected: str, error: Exception) -> FractureLibError:
+    """The message shown when a weights file exists but cannot be loaded into the model."""
+    reason = " ".join(str(error).split())[:200]
+    return FractureLibError(f"cannot load weights from {path} ({type(error).__name__}: {reason}): "
+                            f"pass {expected}, or weights=None")
+
+
 def _is_integer(value: object) -> bool:
     """Tell whether ``value`` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -167,12 +179,13 @@ def _split_weights(arch: str, weights: str | os.PathLike[str] | None) -> tuple[s
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
-                dropout_rate: float = 0.3, seed: int = 42) -> keras.Model:
+                dropout_rate: float | None = None, seed: int = 42) -> keras.Model:
     """Build a functional model from grey ``(img_size, img_size, 1)`` images in 0..255.
 
     ``num_classes == 1`` gives one sigmoid unit (fracture probability); more gives a softmax
     (body-part classifier). ``weights`` is None, ``"imagenet"`` or a path: a whole-model
-    ``.weights.h5`` file, or a backbone's notop ``.h5`` file.
+    ``.weights.h5`` file, or a backbone's notop ``.h5`` file. ``dropout_rate=None`` takes the
+    architecture's default (``DEFAULT_DROPOUT_RATE``).
     """
     if arch not in ARCHITECTURES:
         raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
@@ -180,7 +193,9 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
         raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
     if not _is_integer(num_classes) or num_classes < 1:
         raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 2 and more (softmax)")
-    if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
+    if dropout_rate is None:
+        dropout_rate = DEFAULT_DROPOUT_RATE[arch]
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
         raise ParameterError(f"dropout_rate={dropout_rate} must be in [0, 1)")
     weights, whole_model_weights = _split_weights(arch, weights)
 
@@ -191,15 +206,15 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     else:
         constructor, normalise = _backbone_builders()[arch]
         backbone_input = normalise(_grey_to_rgb(images))
+        backbone_weights = _resolve_backbone_weights(arch, img_size, weights)
         try:
-            backbone = constructor(include_top=False, weights=_resolve_backbone_weights(arch, img_size, weights),
-                                   input_tensor=backbone_input)
-        except FractureLibError:
-            raise
-        except Exception as error:  # noqa: BLE001 - download failures come in many types
-            if weights == "imagenet":
+            # input_shape as well as input_tensor: Keras picks size-specific weight files (MobileNetV2) from it.
+            backbone = constructor(include_top=False, weights=backbone_weights,
+                                   input_tensor=backbone_input, input_shape=(img_size, img_size, 3))
+        except Exception as error:  # noqa: BLE001 - download and file failures come in many types
+            if backbone_weights == "imagenet":
                 raise _imagenet_error(arch, img_size, error) from None
-            raise
+            raise _weights_file_error(backbone_weights, f"the notop ImageNet weights file of {arch}", error) from None
         features = backbone.output
     if arch == "small_cnn":
         # A fracture is a small, local finding: max pooling keeps the strongest response instead of
@@ -208,13 +223,20 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     pooled = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(pooled)
+    head_initializer = keras.initializers.GlorotUniform(seed=seed + 100)
     if num_classes == 1:
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="fracture_probability")(pooled)
+        outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=head_initializer,
+                                     name="fracture_probability")(pooled)
     else:
-        outputs = keras.layers.Dense(num_classes, activation="softmax", name="body_part_probabilities")(pooled)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=head_initializer,
+                                     name="body_part_probabilities")(pooled)
     model = keras.Model(images, outputs, name=arch)
     if whole_model_weights is not None:
-        model.load_weights(whole_model_weights)
+        try:
+            model.load_weights(whole_model_weights)
+        except Exception as error:  # noqa: BLE001 - mismatched or corrupt files fail in many ways
+            raise _weights_file_error(whole_model_weights, f"weights saved from a {arch} model at {img_size} px "
+                                      f"with {num_classes} output(s)", error) from None
     return model
 
 

@@ -4,6 +4,13 @@ Every radiograph is decoded once per set of ``PreprocessSettings`` and stored in
 ``uint8`` array, so training epochs read memory instead of PNG files. ``predict`` applies the
 same ``load_and_preprocess`` function with the settings saved in a run, so a new image gets
 exactly the preprocessing the model was trained with.
+
+The cache lives in ``config.CACHE_DIR/<key>/`` as ``images.npy`` (``uint8 (N, S, S)``) and
+``manifest.json`` (settings, paths, file sizes and modification times, build time). The key
+hashes the settings, the data root and every file's path, size and modification time, so the
+cache is rebuilt when the settings, the list of images or any image file change. Labels and
+splits do not change pixels, so a new patient split reuses the cache; and a cache built for
+more images (all body parts) serves any subset of them (one part) without decoding again.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ import json
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,9 +34,12 @@ from fracture_lib import config
 from fracture_lib.errors import FractureLibError, ImageReadError, ParameterError
 
 # Bump when the preprocessing maths change, so old caches are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 IMAGES_FILENAME = "images.npy"
 MANIFEST_FILENAME = "manifest.json"
+# Keep 8/16-bit depth and colour as stored, and apply a JPEG's EXIF orientation (photographed
+# films are often stored sideways); the alpha channel of RGBA files is ignored.
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 @dataclass(frozen=True)
@@ -41,16 +52,19 @@ class PreprocessSettings:
     clahe_tile_grid: int = 8
 
     def __post_init__(self) -> None:
-        if not isinstance(self.img_size, (int, np.integer)) or self.img_size < 16:
+        if isinstance(self.img_size, bool) or not isinstance(self.img_size, (int, np.integer)) or self.img_size < 16:
             raise ParameterError(f"img_size={self.img_size!r} must be an integer of at least 16 pixels")
-        if self.clahe_clip_limit <= 0:
+        if not isinstance(self.clahe, (bool, np.bool_)):
+            raise ParameterError(f"clahe={self.clahe!r} must be True or False")
+        if not self.clahe_clip_limit > 0:
             raise ParameterError(f"clahe_clip_limit={self.clahe_clip_limit} must be positive")
-        if self.clahe_tile_grid < 1:
-            raise ParameterError(f"clahe_tile_grid={self.clahe_tile_grid} must be at least 1")
+        if not isinstance(self.clahe_tile_grid, (int, np.integer)) or self.clahe_tile_grid < 1:
+            raise ParameterError(f"clahe_tile_grid={self.clahe_tile_grid!r} must be an integer of at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dictionary."""
-        return asdict(self)
+        return {"img_size": int(self.img_size), "clahe": bool(self.clahe),
+                "clahe_clip_limit": float(self.clahe_clip_limit), "clahe_tile_grid": int(self.clahe_tile_grid)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PreprocessSettings":
@@ -62,8 +76,11 @@ class PreprocessSettings:
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read any MURA-like image (PNG/JPEG, 8/16-bit, grey/RGB/RGBA) as 8-bit greyscale (H, W).
 
-    16-bit images are scaled by their own minimum-maximum range to 0..255. A missing, empty or
-    undecodable file raises ``ImageReadError`` naming it.
+    Colour is converted with OpenCV's luminance weights. 16-bit (and floating-point) images are
+    stretched from their own minimum-maximum range to 0..255, because X-ray detectors rarely use
+    the full 16-bit range (a plain division by 257 would leave a 12-bit image almost black).
+    The bytes are read with NumPy, so paths with non-ASCII characters work on every platform.
+    A missing, empty or undecodable file raises ``ImageReadError`` naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,17 +88,21 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
-        raise ImageReadError(path, f"{error.strerror}: check the file's permissions") from None
+        raise ImageReadError(path, f"{error.strerror or error}: check the file's permissions") from None
     if data.size == 0:
         raise ImageReadError(path, "the file is empty: replace it with a valid PNG or JPEG")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
+    try:
+        image = cv2.imdecode(data, _DECODE_FLAGS)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
         raise ImageReadError(path, "not a decodable PNG or JPEG image: replace or remove the file")
-    return _to_grey_uint8(image)
+    return to_grey_uint8(image)
 
 
-def _to_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Convert a decoded image of any depth and channel count to 8-bit greyscale."""
+def to_grey_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert a decoded image of any depth and channel count to 8-bit greyscale (H, W)."""
+    image = np.asarray(image)
     if image.ndim == 3:
         channels = image.shape[2]
         if channels == 4:
@@ -90,12 +111,14 @@ def _to_grey_uint8(image: np.ndarray) -> np.ndarray:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         else:
             image = image[:, :, 0]
+    if image.ndim != 2:
+        raise ParameterError(f"expected a 2-D greyscale or 3-D colour image, got shape {image.shape}")
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     # Deeper images (16-bit, float) are stretched from their own range to 0..255.
     values = image.astype(np.float32)
     low, high = float(values.min()), float(values.max())
-    if high <= low:
+    if not high > low:
         return np.zeros(values.shape, dtype=np.uint8)
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
@@ -107,24 +130,35 @@ def letterbox_geometry(height: int, width: int, img_size: int) -> tuple[float, i
     ``(row * scale + pad_top, col * scale + pad_left)`` in the model input.
     """
     scale = img_size / max(height, width)
-    new_height = max(1, int(round(height * scale)))
-    new_width = max(1, int(round(width * scale)))
+    new_height, new_width = _resized_shape(height, width, scale)
     return scale, (img_size - new_height) // 2, (img_size - new_width) // 2
 
 
+def _resized_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The image's height and width after scaling, at least one pixel each."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def apply_clahe(image: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a uint8 (H, W) image."""
+    grid = (int(settings.clahe_tile_grid), int(settings.clahe_tile_grid))
+    return cv2.createCLAHE(clipLimit=float(settings.clahe_clip_limit), tileGridSize=grid).apply(image)
+
+
 def preprocess_image(image: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
-    """Apply optional CLAHE, resize the long side to ``img_size`` and pad to a centred square."""
+    """Apply optional CLAHE, resize the long side to ``img_size`` and pad to a centred square.
+
+    CLAHE runs at the original resolution, where its tiles see the anatomy in full detail.
+    """
     if image.ndim != 2 or image.dtype != np.uint8:
-        image = _to_grey_uint8(image)
+        image = to_grey_uint8(image)
     if settings.clahe:
-        grid = (settings.clahe_tile_grid, settings.clahe_tile_grid)
-        image = cv2.createCLAHE(clipLimit=settings.clahe_clip_limit, tileGridSize=grid).apply(image)
+        image = apply_clahe(image, settings)
     height, width = image.shape
-    size = settings.img_size
+    size = int(settings.img_size)
     scale, pad_top, pad_left = letterbox_geometry(height, width, size)
-    new_height = max(1, int(round(height * scale)))
-    new_width = max(1, int(round(width * scale)))
-    # Area interpolation when shrinking avoids aliasing thin fracture lines away.
+    new_height, new_width = _resized_shape(height, width, scale)
+    # Area interpolation when shrinking keeps thin fracture lines instead of aliasing them away.
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_width, new_height), interpolation=interpolation)
     square = np.zeros((size, size), dtype=np.uint8)
@@ -139,7 +173,13 @@ def load_and_preprocess(path: str | os.PathLike[str], settings: PreprocessSettin
 
 @dataclass
 class ImageCache:
-    """Preprocessed images aligned row for row with an index table."""
+    """Preprocessed images aligned row for row with an index table.
+
+    ``images`` is a read-only memory map of ``path / images.npy`` when the cache was reused
+    (rows are read from disk on first touch) and an in-memory array when it was just built.
+    ``build_seconds`` is the time the cache took to build (on its first run), ``load_seconds``
+    the time this call took, ``size_bytes`` the size of ``images.npy`` on disk.
+    """
 
     images: np.ndarray
     index: pd.DataFrame
@@ -148,13 +188,17 @@ class ImageCache:
     build_seconds: float
     size_bytes: int
     reused: bool
+    load_seconds: float = 0.0
 
     def select(self, selection: str | Sequence[bool] | np.ndarray | pd.Series) -> tuple[np.ndarray, pd.DataFrame]:
-        """Return ``(images, rows)`` of one split name (``"train"``) or a boolean mask."""
+        """Return ``(images, rows)`` of one split name (``"train"``) or a boolean mask.
+
+        The images are an in-memory copy, ready for ``pipeline.make_dataset``.
+        """
         if isinstance(selection, str):
-            if selection not in set(self.index["split"]):
-                raise ParameterError(
-                    f"split {selection!r} has no images: choose from {', '.join(sorted(set(self.index['split'])))}")
+            present = sorted(set(self.index["split"])) if "split" in self.index.columns else []
+            if selection not in present:
+                raise ParameterError(f"split {selection!r} has no images: choose from {', '.join(present) or 'none'}")
             mask = (self.index["split"] == selection).to_numpy()
         else:
             mask = np.asarray(selection, dtype=bool)
@@ -168,82 +212,201 @@ class ImageCache:
         """Decode-and-resize speed of the build that made this cache."""
         return len(self.index) / self.build_seconds if self.build_seconds > 0 else float("nan")
 
+    def summary(self) -> dict[str, Any]:
+        """The cache's statistics as a flat dictionary (for tables and logs)."""
+        return {"images": len(self.index), "img_size": int(self.settings.img_size), "clahe": bool(self.settings.clahe),
+                "reused": self.reused, "build_seconds": round(self.build_seconds, 3),
+                "build_images_per_second": round(self.images_per_second, 1),
+                "load_seconds": round(self.load_seconds, 3), "size_mb": round(self.size_bytes / 1e6, 2),
+                "folder": str(self.path)}
 
-def cache_key(index: pd.DataFrame, data_root: str | os.PathLike[str], settings: PreprocessSettings) -> str:
-    """Return the cache folder name for these images and settings."""
+
+def _file_signatures(paths: list[Path]) -> tuple[list[int], list[int]]:
+    """Sizes and modification times (ns) of ``paths``; a missing file raises ``ImageReadError``."""
+    sizes, mtimes = [], []
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:
+            raise ImageReadError(path, "file not found: check the data root, or rebuild the index") from None
+        sizes.append(int(status.st_size))
+        mtimes.append(int(status.st_mtime_ns))
+    return sizes, mtimes
+
+
+def _settings_prefix(settings: PreprocessSettings) -> str:
+    """The readable start of a cache folder name, shared by every cache with these settings."""
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    return f"{settings.img_size}px-{'clahe-' if settings.clahe else ''}{digest}"
+
+
+def cache_key(index: pd.DataFrame, data_root: str | os.PathLike[str], settings: PreprocessSettings,
+              signatures: tuple[list[int], list[int]] | None = None) -> str:
+    """Return the cache folder name for these images (paths and file contents) and settings."""
+    paths = index["path"].astype(str).tolist()
+    if signatures is None:
+        signatures = _file_signatures([Path(data_root) / path for path in paths])
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": CACHE_FORMAT_VERSION, "settings": settings.to_dict(),
                               "root": str(Path(data_root).resolve())}, sort_keys=True).encode())
-    digest.update("\n".join(index["path"].astype(str)).encode())
-    return f"{settings.img_size}px-{'clahe-' if settings.clahe else ''}{digest.hexdigest()[:16]}"
+    for path, size, mtime in zip(paths, *signatures):
+        digest.update(f"{path}\t{size}\t{mtime}\n".encode())
+    return f"{_settings_prefix(settings)}-{digest.hexdigest()[:16]}"
 
 
 def build_cache(index: pd.DataFrame, data_root: str | os.PathLike[str], settings: PreprocessSettings,
                 cache_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
                 progress: bool = True) -> ImageCache:
-    """Decode and resize every image of ``index`` once; reuse the result while nothing changed."""
+    """Decode and resize every image of ``index`` once; reuse the result while nothing changed.
+
+    Returns an ``ImageCache`` whose ``images`` are aligned with ``index.reset_index(drop=True)``.
+    A cache is reused when the settings and every image (path, size, modification time) match,
+    or sliced from a larger cache that holds all the wanted images. Otherwise the images are
+    decoded in parallel threads (OpenCV releases the GIL; ``workers`` defaults to the number of
+    CPU cores) with a progress bar, and written atomically. An unreadable image raises
+    ``ImageReadError`` naming it, and nothing is written.
+    """
+    if not isinstance(settings, PreprocessSettings):
+        raise ParameterError(f"settings must be a PreprocessSettings, got {type(settings).__name__}")
     if "path" not in index.columns:
         raise ParameterError("the index has no 'path' column: build it with fracture_lib.mura.build_index")
+    if len(index) == 0:
+        raise ParameterError("the index is empty: check the data root and the body parts")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ParameterError(f"workers={workers!r} must be a positive integer (or None for one per CPU core)")
+    start = time.perf_counter()
     index = index.reset_index(drop=True)
     data_root = Path(data_root)
     cache_root = Path(cache_dir) if cache_dir is not None else config.CACHE_DIR
-    folder = cache_root / cache_key(index, data_root, settings)
-    cached = _open_cache(folder, index, settings)
-    if cached is not None:
-        return cached
+    paths = index["path"].astype(str).tolist()
+    signatures = _file_signatures([data_root / path for path in paths])
+    folder = cache_root / cache_key(index, data_root, settings, signatures)
 
-    start = time.perf_counter()
-    images = _decode_all([data_root / path for path in index["path"]], settings, workers, progress)
+    found = _open_cache(folder, paths, signatures, settings) or _open_superset(cache_root, data_root, paths,
+                                                                              signatures, settings)
+    if found is not None:
+        images, source, manifest = found
+        return ImageCache(images, index, settings, source, float(manifest.get("build_seconds", 0.0)),
+                          _file_size(source / IMAGES_FILENAME), reused=True,
+                          load_seconds=time.perf_counter() - start)
+
+    images = _decode_all([data_root / path for path in paths], settings, workers, progress)
     seconds = time.perf_counter() - start
-    # Write into a temporary folder and rename it when complete.
-    cache_root.mkdir(parents=True, exist_ok=True)
-    temporary = cache_root / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    np.save(temporary / IMAGES_FILENAME, images)
     manifest = {
         "format": CACHE_FORMAT_VERSION,
         "settings": settings.to_dict(),
         "data_root": str(data_root.resolve()),
         "images": len(index),
-        "paths": index["path"].astype(str).tolist(),
+        "index_fingerprint": _index_fingerprint(index),
         "build_seconds": seconds,
         "images_per_second": len(index) / seconds if seconds > 0 else None,
-        "size_bytes": int(images.nbytes),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "paths": paths,
+        "sizes": signatures[0],
+        "mtimes_ns": signatures[1],
     }
-    (temporary / MANIFEST_FILENAME).write_text(json.dumps(manifest))
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        os.replace(temporary, folder)
-    except OSError:
-        # Another process (a second worker) published the same cache first: keep theirs.
-        shutil.rmtree(temporary, ignore_errors=True)
-    return ImageCache(images, index, settings, folder, seconds, int(images.nbytes), reused=False)
+    _write_cache(folder, images, manifest)
+    return ImageCache(images, index, settings, folder, seconds, _file_size(folder / IMAGES_FILENAME) or images.nbytes,
+                      reused=False, load_seconds=seconds)
 
 
-def _open_cache(folder: Path, index: pd.DataFrame, settings: PreprocessSettings) -> ImageCache | None:
-    """Return the cache in ``folder`` when it matches the index and settings, else ``None``."""
-    manifest_path = folder / MANIFEST_FILENAME
-    if not manifest_path.is_file() or not (folder / IMAGES_FILENAME).is_file():
+def _index_fingerprint(index: pd.DataFrame) -> str | None:
+    """The index's fingerprint (recorded in the manifest for reference), when it has the columns."""
+    if not {"path", "label", "split"} <= set(index.columns):
         return None
+    from fracture_lib.mura import index_fingerprint
+
+    return index_fingerprint(index)
+
+
+def _file_size(path: Path) -> int:
+    """Size of a file in bytes, 0 when it does not exist."""
     try:
-        manifest = json.loads(manifest_path.read_text())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write_cache(folder: Path, images: np.ndarray, manifest: dict[str, Any]) -> None:
+    """Write the cache into a temporary sibling folder and rename it into place when complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        np.save(temporary / IMAGES_FILENAME, images)
+        (temporary / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(temporary, folder)
+    except OSError as error:
+        # Another process (a second worker) may have published the same cache first; otherwise
+        # (a full disk) the images are still in memory, so the caller goes on without the file.
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not (folder / MANIFEST_FILENAME).is_file():
+            warnings.warn(f"could not write the image cache {folder} ({error}): it will be rebuilt next time",
+                          stacklevel=3)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a complete cache folder of this format, or None."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT_VERSION:
+        return None
+    return manifest
+
+
+def _load_images(folder: Path, manifest: dict[str, Any], settings: PreprocessSettings) -> np.ndarray | None:
+    """Memory-map ``images.npy`` when its shape and type match the manifest and settings."""
+    try:
         images = np.load(folder / IMAGES_FILENAME, mmap_mode="r")
     except (OSError, ValueError):
         return None
     size = settings.img_size
-    if (manifest.get("format") != CACHE_FORMAT_VERSION or manifest.get("settings") != settings.to_dict()
-            or manifest.get("paths") != index["path"].astype(str).tolist()
-            or images.shape != (len(index), size, size) or images.dtype != np.uint8):
+    if images.dtype != np.uint8 or images.shape != (len(manifest.get("paths", [])), size, size):
         return None
-    # Read the whole array into memory: training touches every row every epoch.
-    return ImageCache(np.array(images), index, settings, folder, float(manifest.get("build_seconds", 0.0)),
-                      int(manifest.get("size_bytes", images.nbytes)), reused=True)
+    return images
+
+
+def _open_cache(folder: Path, paths: list[str], signatures: tuple[list[int], list[int]],
+                settings: PreprocessSettings) -> tuple[np.ndarray, Path, dict] | None:
+    """Return ``(images, folder, manifest)`` when ``folder`` holds exactly these images."""
+    manifest = _read_manifest(folder)
+    if (manifest is None or manifest.get("settings") != settings.to_dict() or manifest.get("paths") != paths
+            or manifest.get("sizes") != signatures[0] or manifest.get("mtimes_ns") != signatures[1]):
+        return None
+    images = _load_images(folder, manifest, settings)
+    return None if images is None else (images, folder, manifest)
+
+
+def _open_superset(cache_root: Path, data_root: Path, paths: list[str], signatures: tuple[list[int], list[int]],
+                   settings: PreprocessSettings) -> tuple[np.ndarray, Path, dict] | None:
+    """Slice the images out of a larger cache that holds every wanted (unchanged) image."""
+    if not cache_root.is_dir():
+        return None
+    wanted = {path: (size, mtime) for path, size, mtime in zip(paths, *signatures)}
+    for folder in sorted(cache_root.glob(f"{_settings_prefix(settings)}-*")):
+        manifest = _read_manifest(folder)
+        if (manifest is None or manifest.get("settings") != settings.to_dict()
+                or manifest.get("data_root") != str(data_root.resolve()) or len(manifest.get("paths", [])) < len(paths)):
+            continue
+        stored = {path: (size, mtime) for path, size, mtime in
+                  zip(manifest["paths"], manifest.get("sizes", []), manifest.get("mtimes_ns", []))}
+        if any(stored.get(path) != signature for path, signature in wanted.items()):
+            continue
+        images = _load_images(folder, manifest, settings)
+        if images is None:
+            continue
+        positions = {path: position for position, path in enumerate(manifest["paths"])}
+        return np.asarray(images[[positions[path] for path in paths]]), folder, manifest
+    return None
 
 
 def _decode_all(paths: list[Path], settings: PreprocessSettings, workers: int | None, progress: bool) -> np.ndarray:
-    """Decode and resize ``paths`` in parallel threads (OpenCV releases the GIL)."""
-    from tqdm.auto import tqdm
+    """Decode and resize ``paths`` in parallel threads (OpenCV releases the GIL while it works)."""
+    from tqdm import tqdm
 
     size = settings.img_size
     images = np.zeros((len(paths), size, size), dtype=np.uint8)
@@ -252,11 +415,18 @@ def _decode_all(paths: list[Path], settings: PreprocessSettings, workers: int | 
     def decode(position: int) -> None:
         images[position] = load_and_preprocess(paths[position], settings)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        iterator = pool.map(decode, range(len(paths)))
-        for _ in tqdm(iterator, total=len(paths), desc=f"caching {size}px images", unit="img",
-                      disable=not progress, mininterval=1.0):
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        # pool.map raises the first worker error (an ImageReadError naming the file) right here.
+        results = pool.map(decode, range(len(paths)))
+        for _ in tqdm(results, total=len(paths), desc=f"caching {len(paths)} images at {size} px", unit="img",
+                      disable=not progress, mininterval=1.0, leave=False):
             pass
+    except BaseException:
+        # Stop at the first unreadable image (or Ctrl-C) instead of decoding the rest.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return images
 
 

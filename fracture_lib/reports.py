@@ -144,8 +144,12 @@ def plan_reports(parameters: dict[str, Any]) -> list[ReportJob]:
     for part in parts:
         jobs.append(ReportJob("03_train", f"03_train_{part}", f"Training: {part} fracture model",
                               {**common, "BODY_PART": part, "TARGET": config.FRACTURE_TARGET}))
+    # The router always tells the three default parts apart (plus any other part asked for), so
+    # that a run restricted to one fracture model still trains a usable body-part classifier.
+    router_parts = list(dict.fromkeys([*config.DEFAULT_BODY_PARTS, *parts]))
     jobs.append(ReportJob("03_train", f"03_train_{config.BODY_PART_TARGET}", "Training: body-part classifier",
-                          {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET}))
+                          {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET,
+                           "BODY_PARTS": router_parts}))
     for part in parts:
         jobs.append(ReportJob("04_evaluate", f"04_evaluate_{part}", f"Evaluation: {part}",
                               {**common, "BODY_PART": part}))
@@ -200,8 +204,11 @@ def _execute(job: ReportJob, executed_dir: Path) -> Path:
     except PapermillExecutionError as error:
         message = str(error.evalue).strip().splitlines()
         detail = message[-1] if message else ""
+        # papermill executes an injected parameters cell first; count cells as the reader
+        # of the committed notebook sees them.
+        cell_number = error.exec_count - 1 if parameters and error.exec_count else error.exec_count
         raise FractureLibError(
-            f"notebook {job.output_stem} failed in cell {error.exec_count}: {error.ename}: {detail} "
+            f"notebook {job.output_stem} failed in code cell {cell_number}: {error.ename}: {detail} "
             f"(executed notebook: {output})"
         ) from None
     return output

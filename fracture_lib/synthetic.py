@@ -36,7 +36,7 @@ MARKER_FILENAME = "SYNTHETIC_DEMO.json"
 BOXES_FILENAME = "fracture_boxes.csv"
 GENERATOR_VERSION = 1
 # Share of abnormal studies per part, close to MURA v1.1's training set.
-ABNORMAL_SHARE = {"elbow": 0.41, "hand": 0.29, "shoulder": 0.50}
+ABNORMAL_SHARE = {"elbow": 0.40, "hand": 0.35, "shoulder": 0.50}
 VALID_PATIENT_SHARE = 0.09
 VIEW_COUNT_PROBABILITIES = (0.12, 0.45, 0.33, 0.10)  # 1, 2, 3 or 4 views per study
 
@@ -77,13 +77,13 @@ def _elbow(rng: np.random.Generator, view: int) -> tuple[list[_Bone], list[tuple
     direction = np.array([math.cos(forearm_angle), math.sin(forearm_angle)])
     normal = np.array([-direction[1], direction[0]])
     bones = [
-        _Bone(humerus_end, joint - np.array([0, 0.02]), 0.085),
-        _Bone(joint + 0.035 * normal + 0.03 * direction, joint + 0.05 * normal + 0.5 * direction, 0.045),  # radius
-        _Bone(joint - 0.035 * normal - 0.01 * direction, joint - 0.04 * normal + 0.5 * direction, 0.05),  # ulna
+        _Bone(humerus_end, joint - np.array([0, 0.02]), 0.11),
+        _Bone(joint + 0.05 * normal + 0.03 * direction, joint + 0.065 * normal + 0.5 * direction, 0.065),  # radius
+        _Bone(joint - 0.05 * normal - 0.01 * direction, joint - 0.055 * normal + 0.5 * direction, 0.07),  # ulna
     ]
     # Condyles of the distal humerus and the olecranon: blobs at the joint.
-    blobs = [(joint, (0.075, 0.04), math.degrees(humerus_angle) + 90, 0.9),
-             (joint - 0.04 * normal - 0.02 * direction, (0.035, 0.03), 0.0, 0.85)]
+    blobs = [(joint, (0.1, 0.05), math.degrees(humerus_angle) + 90, 0.9),
+             (joint - 0.05 * normal - 0.02 * direction, (0.045, 0.04), 0.0, 0.85)]
     return bones, blobs
 
 
@@ -115,7 +115,8 @@ def _hand(rng: np.random.Generator, view: int) -> tuple[list[_Bone], list[tuple]
             angle += bend
             direction = np.array([math.cos(angle), math.sin(angle)])
             end = position + length * direction
-            bones.append(_Bone(position, end, width))
+            # Phalanges are too thin to show a break at training resolution: fracture metacarpals.
+            bones.append(_Bone(position, end, width, fracturable=segment == 0))
             position = end + 0.012 * direction
     return bones, blobs
 
@@ -184,9 +185,9 @@ def _draw_fracture(layer: np.ndarray, bone_start: np.ndarray, bone_end: np.ndarr
     site = bone_start + rng.uniform(0.3, 0.7) * length_vector
     # Displaced or angulated fractures redraw the distal fragment moved; hairline ones do not.
     severity = rng.random()
-    if severity < 0.75:
-        shift = normal * width * rng.uniform(0.25, 0.7) * rng.choice([-1, 1])
-        tilt = math.radians(rng.uniform(4, 18) * rng.choice([-1, 1]))
+    if severity < 0.85:
+        shift = normal * width * rng.uniform(0.6, 1.2) * rng.choice([-1, 1])
+        tilt = math.radians(rng.uniform(10, 30) * rng.choice([-1, 1]))
         rotation = np.array([[math.cos(tilt), -math.sin(tilt)], [math.sin(tilt), math.cos(tilt)]])
         distal_end = site + shift + rotation @ (bone_end - site)
         # Erase the distal part and draw the moved fragment.
@@ -195,10 +196,10 @@ def _draw_fracture(layer: np.ndarray, bone_start: np.ndarray, bone_end: np.ndarr
     # The fracture line: a jagged polyline across the bone, oblique up to 35 degrees.
     obliquity = math.radians(rng.uniform(-35, 35))
     across = normal * math.cos(obliquity) + direction * math.sin(obliquity)
-    half = width * 0.75
+    half = width * 0.85
     points = [site - across * half + direction * rng.normal(0, width * 0.08) + across * (half * 2) * fraction
               for fraction in np.linspace(0, 1, 5)]
-    gap = max(2, int(round(width * rng.uniform(0.12, 0.22))))
+    gap = max(4, int(round(width * rng.uniform(0.4, 0.6))))
     cv2.polylines(layer, [np.array([_point(point) for point in points], dtype=np.int32)], False, 0.05, gap, cv2.LINE_AA)
     margin = width * 0.9
     return (float(site[0] - margin), float(site[1] - margin), float(site[0] + margin), float(site[1] + margin))
@@ -223,6 +224,14 @@ def _draw_look_alike(layer: np.ndarray, bone: _Bone, matrix: np.ndarray, rng: np
         cv2.line(layer, _point(site), _point(tip), medulla * 0.8, 1, cv2.LINE_AA)
 
 
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A wide Gaussian blur, computed on a quarter-size copy because only the smooth shape matters."""
+    height, width = image.shape
+    small = cv2.resize(image, (max(1, width // 4), max(1, height // 4)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(0.5, sigma / 4))
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool) -> tuple[np.ndarray, tuple | None]:
     """Draw one radiograph; return the 8-bit image and the fracture box (or None)."""
     long_side = int(rng.integers(300, 513))
@@ -243,37 +252,50 @@ def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool
     for centre, axes, angle, _ in blobs:
         cv2.ellipse(tissue, _point(_to_pixels(matrix, centre)),
                     (int(axes[0] * scale * 2.2), int(axes[1] * scale * 2.2)), angle, 0, 360, 1.0, -1, cv2.LINE_AA)
-    tissue = cv2.GaussianBlur(tissue, (0, 0), sigmaX=max(3.0, 0.03 * long_side))
+    tissue = _smooth(tissue, max(3.0, 0.03 * long_side))
 
-    # Bones on their own layer; overlapping bones add up, as attenuation does.
+    # Bones on their own layers; overlapping bones add up, as attenuation does. The hand's bones
+    # hardly overlap, so they share one layer (much faster); a fractured bone always gets its own.
     cortex, medulla = rng.uniform(0.8, 0.95), rng.uniform(0.45, 0.6)
     bone_layer = np.zeros((height, width), np.float32)
     for centre, axes, angle, brightness in blobs:
-        blob = np.zeros_like(bone_layer)
-        cv2.ellipse(blob, _point(_to_pixels(matrix, centre)), (max(2, int(axes[0] * scale)), max(2, int(axes[1] * scale))),
+        cv2.ellipse(bone_layer, _point(_to_pixels(matrix, centre)),
+                    (max(2, int(axes[0] * scale)), max(2, int(axes[1] * scale))),
                     angle, 0, 360, cortex * brightness, -1, cv2.LINE_AA)
-        cv2.ellipse(blob, _point(_to_pixels(matrix, centre)),
+        cv2.ellipse(bone_layer, _point(_to_pixels(matrix, centre)),
                     (max(1, int(axes[0] * scale * 0.7)), max(1, int(axes[1] * scale * 0.7))),
                     angle, 0, 360, medulla * brightness, -1, cv2.LINE_AA)
-        bone_layer = np.maximum(bone_layer, blob)
-    layers = []
-    for bone in bones:
-        layer = np.zeros_like(bone_layer)
-        _draw_capsule(layer, _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end), bone.width * scale,
-                      cortex, medulla)
-        layers.append(layer)
-    box = None
+    chosen = -1
     if fractured:
         candidates = [number for number, bone in enumerate(bones) if bone.fracturable]
         chosen = int(rng.choice(candidates))
+    layer_of = [number if (part != "hand" or number == chosen) else -1 for number in range(len(bones))]
+    layers = {key: np.zeros_like(bone_layer) for key in set(layer_of)}
+    for bone, key in zip(bones, layer_of):
+        _draw_capsule(layers[key], _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end), bone.width * scale,
+                      cortex, medulla)
+    box = None
+    if fractured:
         bone = bones[chosen]
         box = _draw_fracture(layers[chosen], _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end),
                              bone.width * scale, rng, cortex, medulla)
+    # Soft-tissue swelling (a haematoma) surrounds most fractures; a few normal studies have it too.
+    swelling_site = None
+    if box is not None and rng.random() < 0.85:
+        swelling_site = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    elif box is None and rng.random() < 0.1:
+        bone = bones[int(rng.integers(0, len(bones)))]
+        swelling_site = _to_pixels(matrix, bone.start + rng.uniform(0.3, 0.7) * (bone.end - bone.start))
+    if swelling_site is not None:
+        swelling = np.zeros_like(tissue)
+        radius = int(max(6, (box[2] - box[0]) if box is not None else 0.08 * scale) * rng.uniform(0.9, 1.4))
+        cv2.circle(swelling, _point(swelling_site), radius, 1.0, -1, cv2.LINE_AA)
+        tissue = tissue + 0.6 * _smooth(swelling, radius * 0.4)
     # Look-alike lines appear in every class.
     for _ in range(int(rng.integers(0, 3))):
         number = int(rng.integers(0, len(bones)))
-        _draw_look_alike(layers[number], bones[number], matrix, rng, medulla)
-    for layer in layers:
+        _draw_look_alike(layers[layer_of[number]], bones[number], matrix, rng, medulla)
+    for layer in layers.values():
         bone_layer = np.maximum(bone_layer, layer) + 0.25 * np.minimum(bone_layer, layer)
 
     # Exposure: background, tissue and bone, then blur, gamma, noise.
@@ -283,7 +305,7 @@ def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool
     image = image + gradient[None, :]
     image = cv2.GaussianBlur(image, (0, 0), sigmaX=rng.uniform(0.6, 1.3))
     image = np.clip(image, 0, 1) ** rng.uniform(0.8, 1.25)
-    image = image + rng.normal(0, rng.uniform(0.01, 0.03), image.shape).astype(np.float32)
+    image = image + rng.uniform(0.01, 0.03) * rng.standard_normal(image.shape, dtype=np.float32)
 
     # Collimation: uniform bands with sharp edges on some sides.
     for side in range(4):
@@ -350,7 +372,7 @@ def _write_studies(job: tuple[Path, int, list[_Study]]) -> list[dict]:
         folder = _study_folder(study)
         (root / folder).mkdir(parents=True, exist_ok=True)
         # Abnormal studies show the fracture on most views, and always on at least one.
-        shown = [bool(rng.random() < 0.8) for _ in range(study.views)] if study.label else [False] * study.views
+        shown = [bool(rng.random() < 0.9) for _ in range(study.views)] if study.label else [False] * study.views
         if study.label and not any(shown):
             shown[int(rng.integers(0, study.views))] = True
         for view in range(1, study.views + 1):

@@ -6,10 +6,16 @@ model and ``body_part`` for the classifier. It holds ``model.keras``, ``history.
 settings) and ``val_predictions.csv``. The run is assembled in a hidden sibling folder and
 renamed into place only when training has finished, so a failed run never replaces a good one;
 ``BackupAndRestore`` keeps its state there so an interrupted run resumes where it stopped.
+
+Training is distributed with ``tf.distribute`` on one code path: the default strategy on one
+device, ``MirroredStrategy`` when several GPUs are visible and ``MultiWorkerMirroredStrategy``
+when ``TF_CONFIG`` describes a cluster. ``batch_size`` is per replica; the global batch is
+``batch_size`` times the number of replicas, and batch normalisation is synchronised across them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -19,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -28,12 +34,15 @@ import pandas as pd
 
 from fracture_lib import config, mura, synthetic
 from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
+from fracture_lib.models import build_model, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
-from fracture_lib.preprocess import ImageCache, PreprocessSettings, build_cache
+from fracture_lib.preprocess import PreprocessSettings, build_cache
 
 RUN_FILES = ("model.keras", "history.csv", "config.json", "val_predictions.csv")
 EVALUATION_FILENAME = "evaluation.json"
 DEFAULT_THRESHOLD = 0.5
+# The best epoch's weights while a run trains (removed when it is published).
+BEST_WEIGHTS = "best.weights.h5"
 
 
 @dataclass
@@ -56,9 +65,9 @@ class TrainConfig:
     rotation_degrees: float = 30.0
     zoom: float = 0.0
     contrast: float = 0.0
-    patience: int = 4
+    patience: int = 5
     val_fraction: float = config.DEFAULT_VAL_FRACTION
-    dropout_rate: float = 0.3
+    dropout_rate: float | None = None  # None: the architecture's default (models.DEFAULT_DROPOUT_RATE)
     parts: tuple[str, ...] = config.DEFAULT_BODY_PARTS
 
     def validate(self) -> None:
@@ -147,6 +156,14 @@ def choose_strategy() -> Any:
     return tf.distribute.get_strategy()
 
 
+def _strategy_name(strategy: Any) -> str:
+    """The strategy's public name (``MultiWorkerMirroredStrategy``, ``MirroredStrategy`` or ``default``)."""
+    for name in ("MultiWorkerMirroredStrategy", "MirroredStrategy"):
+        if isinstance(strategy, getattr(tf.distribute, name)):
+            return name
+    return "default"
+
+
 def _is_chief(strategy: Any) -> bool:
     """Tell whether this process writes the run (always, except non-chief multi-worker tasks)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -173,20 +190,57 @@ def _balanced_class_weights(labels: np.ndarray, count: int) -> dict[int, float]:
     return {index: (1.0 / (count * frequency) if frequency > 0 else 0.0) for index, frequency in enumerate(frequencies)}
 
 
-def _prepare_data(train_config: TrainConfig, verbose: int) -> tuple[Path, pd.DataFrame, ImageCache]:
-    """Resolve the data root, index it and build (or reuse) the preprocessed cache."""
-    data_root = config.resolve_data_root(train_config.data_dir)
-    if data_root == config.DEMO_DATA_ROOT and not (data_root / config.MURA_DIRNAME).is_dir():
+def prepare_data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the data root (``config.resolve_data_root``); generate the demo set there when it is the demo root.
+
+    The demo set is generated only when it is missing or was made by another generator version.
+    """
+    data_root = config.resolve_data_root(data_dir)
+    if data_root.resolve() == config.DEMO_DATA_ROOT.resolve():
         synthetic.ensure_demo_dataset(data_root)
+    return data_root
+
+
+def training_index(train_config: TrainConfig) -> tuple[Path, pd.DataFrame]:
+    """Return the data root and the index rows a run uses (its body part, or the classifier's parts)."""
+    train_config.validate()
+    data_root = prepare_data_root(train_config.data_dir)
     # Index every part so the patient split is the same for every model trained on this root.
     index = mura.build_index(data_root, seed=train_config.seed, val_fraction=train_config.val_fraction)
     wanted = [train_config.body_part] if train_config.target == config.FRACTURE_TARGET else list(train_config.parts)
     missing = sorted(set(wanted) - set(index["body_part"]))
     if missing:
         raise FractureLibError(f"no images of {', '.join(missing)} in {data_root}: choose parts the data contain")
-    subset = index[index["body_part"].isin(wanted)].reset_index(drop=True)
-    cache = build_cache(subset, data_root, train_config.preprocess_settings(), progress=verbose > 0)
-    return data_root, subset, cache
+    return data_root, index[index["body_part"].isin(wanted)].reset_index(drop=True)
+
+
+def dataset_summary(train_config: TrainConfig) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Images per split and class of a run's data, and the class weights its loss uses; trains nothing."""
+    _, subset = training_index(train_config)
+    column = "label" if train_config.target == config.FRACTURE_TARGET else "body_part"
+    counts = subset.groupby(["split", column]).size().unstack(fill_value=0)
+    counts = counts.reindex([split for split in ("train", "val", "test") if split in counts.index])
+    if train_config.target == config.FRACTURE_TARGET:
+        counts = counts.rename(columns=lambda label: _class_name(label, train_config))
+    counts.columns.name = "class"
+    counts["total"] = counts.sum(axis=1)
+    train_targets = _targets(subset[subset["split"] == "train"], train_config)
+    weights = _class_weights(train_targets, train_config)
+    return counts, {_class_name(key, train_config): value for key, value in weights.items()}
+
+
+def _class_weights(train_targets: np.ndarray, train_config: TrainConfig) -> dict[int, float]:
+    """The loss weight of each class: the MURA paper's for fractures, balanced for body parts."""
+    if train_config.target == config.FRACTURE_TARGET:
+        return compute_class_weights(train_targets)
+    return _balanced_class_weights(train_targets, len(train_config.parts))
+
+
+def _class_name(target: int, train_config: TrainConfig) -> str:
+    """A readable class name: ``normal``/``abnormal``, or the body part."""
+    if train_config.target == config.FRACTURE_TARGET:
+        return ("normal", "abnormal")[int(target)]
+    return train_config.parts[int(target)]
 
 
 def _targets(frame: pd.DataFrame, train_config: TrainConfig) -> np.ndarray:
@@ -203,6 +257,23 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class StopWhenPerfect(keras.callbacks.Callback):
+    """Stops training once the monitored validation metric reaches 1.0, its ceiling.
+
+    No later epoch can then beat it, and EarlyStopping keeps the first best epoch, so the epochs
+    that would follow change nothing that is saved (the body-part classifier often gets there in
+    one epoch on the demo data).
+    """
+
+    def __init__(self, monitor: str) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None and logs.get(self.monitor, 0.0) >= 1.0:
+            self.model.stop_training = True
 
 
 def _compile(model: Any, train_config: TrainConfig) -> None:
@@ -224,72 +295,113 @@ def _monitor(train_config: TrainConfig) -> str:
 
 def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
                 extra_callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train one run and write ``models/<name>/<run_name>/``; return what it produced."""
+    """Train one run and write ``models/<name>/<run_name>/``; return what it produced.
+
+    An interrupted run (same name, same models folder) resumes from its last completed epoch.
+    ``extra_callbacks`` are appended to the Keras callbacks (the tests use one to interrupt).
+    """
     train_config.validate()
     started = time.perf_counter()
     # The strategy must exist before other TensorFlow work when several workers cooperate.
     strategy = choose_strategy()
     keras.utils.set_random_seed(train_config.seed)
-    data_root, subset, cache = _prepare_data(train_config, verbose)
+    data_root, subset = training_index(train_config)
+    cache = build_cache(subset, data_root, train_config.preprocess_settings(), progress=verbose > 0)
     train_images, train_frame = cache.select("train")
     val_images, val_frame = cache.select("val")
     train_targets, val_targets = _targets(train_frame, train_config), _targets(val_frame, train_config)
 
-    if train_config.target == config.FRACTURE_TARGET:
-        class_weights = compute_class_weights(train_targets)
-    else:
-        class_weights = _balanced_class_weights(train_targets, len(train_config.parts))
-    sample_weights = np.array([class_weights[int(label)] for label in train_targets], dtype=np.float32)
+    class_weights = _class_weights(train_targets, train_config)
 
+    # The global batch is split over the replicas: each one sees `batch_size` images per step.
     replicas = strategy.num_replicas_in_sync
     global_batch = train_config.batch_size * replicas
     train_data = make_dataset(train_images, train_targets, global_batch, training=True,
                               augment=train_config.augment_settings(), seed=train_config.seed,
-                              sample_weights=sample_weights)
-    val_data = make_dataset(val_images, val_targets, global_batch)
-
-    from fracture_lib.models import build_model, last_conv_layer_name
+                              sample_weights=_sample_weights(train_targets, class_weights))
+    # Validation images carry the same class weights, so the two loss curves are comparable.
+    val_data = make_dataset(val_images, val_targets, global_batch,
+                            sample_weights=_sample_weights(val_targets, class_weights))
 
     num_classes = 1 if train_config.target == config.FRACTURE_TARGET else len(train_config.parts)
     with strategy.scope():
         model = build_model(train_config.arch, train_config.img_size, weights=train_config.weights,
                             num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed)
+        if replicas > 1:
+            _synchronize_batch_normalization(model)
         _compile(model, train_config)
 
     final_dir = run_dir_for(train_config.name, train_config.run_name, models_dir)
     chief = _is_chief(strategy)
     suffix = "" if chief else f".worker-{strategy.cluster_resolver.task_id}"
     work_dir = final_dir.parent / f".partial-{train_config.run_name}{suffix}"
-    backup_dir = work_dir / "backup"
-    if not backup_dir.exists():
-        # No interrupted run to resume: start from an empty work folder.
-        shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
     monitor = _monitor(train_config)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
-        LearningRateLogger(),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.1,
-                                          patience=max(1, train_config.patience // 2), min_lr=1e-6),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=train_config.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(work_dir / "best.keras"), monitor=monitor, mode="max",
-                                        save_best_only=True),
-        keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), histogram_freq=0, write_graph=False),
-        *extra_callbacks,
-    ]
-    model.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
-              verbose=verbose if verbose in (0, 1, 2) else 1)
-
-    history = _read_history(work_dir / "history.csv")
-    val_probabilities = predict_images(model, val_images, batch_size=global_batch)
+    earlier_best = _prepare_work_dir(work_dir, monitor)
+    callbacks = [*_callbacks(train_config, work_dir, earlier_best), *extra_callbacks]
+    with _multi_worker_fit_fixes(model, strategy, train_data):
+        model.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
+                  verbose=verbose if verbose in (0, 1, 2) else 1)
+        history = _read_history(work_dir / "history.csv")
+        best_metrics = _best_metrics(history, monitor)
+        if earlier_best is not None and best_metrics.get(monitor, -np.inf) <= earlier_best:
+            # The best epoch came before an interruption: EarlyStopping only saw the resumed epochs.
+            model.load_weights(work_dir / BEST_WEIGHTS)
+        val_probabilities = predict_images(model, val_images, batch_size=global_batch)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
-    best_metrics = _best_metrics(history, monitor)
     seconds = time.perf_counter() - started
     run_config = {
+        **_run_description(train_config, model, data_root, subset, class_weights),
+        "global_batch_size": global_batch,
+        "replicas": replicas,
+        "strategy": _strategy_name(strategy),
+        "epochs_trained": int(len(history)),
+        "best_epoch": int(best_metrics["epoch"]) if "epoch" in best_metrics else None,
+        "best": best_metrics,
+        "seconds": seconds,
+    }
+    model.save(work_dir / "model.keras")
+    (work_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    predictions.to_csv(work_dir / "val_predictions.csv", index=False)
+    (work_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+    shutil.rmtree(work_dir / "backup", ignore_errors=True)
+    if chief:
+        _publish_run(work_dir, final_dir)
+    else:
+        # Other workers of a multi-worker run keep their (identical) copy in their hidden work folder.
+        final_dir = work_dir
+    return TrainResult(final_dir, history, {str(key): value for key, value in class_weights.items()},
+                       best_metrics, seconds, run_config)
+
+
+def _callbacks(train_config: TrainConfig, work_dir: Path, earlier_best: float | None) -> list[Any]:
+    """Resume, learning-rate decay, early stopping, checkpoints and logs, all kept in ``work_dir``."""
+    monitor = _monitor(train_config)
+    return [
+        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        LearningRateLogger(),
+        # As in the MURA paper, the learning rate drops tenfold when the validation loss plateaus
+        # (smoother than the AUROC of a small validation split).
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.1,
+                                          patience=_plateau_patience(train_config.patience), min_lr=1e-6),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=train_config.patience,
+                                      restore_best_weights=True),
+        StopWhenPerfect(monitor),
+        # The best weights so far, kept across an interruption (a resumed run starts from the last epoch).
+        keras.callbacks.ModelCheckpoint(str(work_dir / BEST_WEIGHTS), monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=earlier_best),
+        keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), histogram_freq=0, write_graph=False),
+    ]
+
+
+def _run_description(train_config: TrainConfig, model: keras.Model, data_root: Path, subset: pd.DataFrame,
+                     class_weights: dict[int, float]) -> dict[str, Any]:
+    """What ``config.json`` records besides the training outcome: parameters, data, model and versions."""
+    return {
         **train_config.to_dict(),
         "name": train_config.name,
+        "dropout_rate": float(model.get_layer("dropout").rate),
         "classes": list(train_config.parts) if train_config.target == config.BODY_PART_TARGET else [0, 1],
         "preprocess": train_config.preprocess_settings().to_dict(),
         "augment": train_config.augment_settings().to_dict(),
@@ -299,27 +411,80 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         "synthetic_data": synthetic.is_synthetic(data_root),
         "images": {split: int((subset["split"] == split).sum()) for split in ("train", "val", "test")},
         "class_weights": {str(key): value for key, value in class_weights.items()},
-        "global_batch_size": global_batch,
-        "replicas": replicas,
-        "strategy": type(strategy).__name__,
-        "epochs_trained": int(len(history)),
-        "best": best_metrics,
-        "seconds": seconds,
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": _library_versions(),
     }
-    model.save(work_dir / "model.keras")
-    (work_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
-    predictions.to_csv(work_dir / "val_predictions.csv", index=False)
-    for leftover in ("best.keras",):
-        (work_dir / leftover).unlink(missing_ok=True)
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    if chief:
-        _publish_run(work_dir, final_dir)
-    else:
-        final_dir = work_dir
-    return TrainResult(final_dir, history, {str(key): value for key, value in class_weights.items()},
-                       best_metrics, seconds, run_config)
+
+
+def _plateau_patience(patience: int) -> int:
+    """Epochs without improvement before the learning rate drops: about half the early-stopping patience.
+
+    So the lower rate gets a few epochs before training stops (5 gives 3).
+    """
+    return max(1, (patience + 1) // 2)
+
+
+def _sample_weights(targets: np.ndarray, class_weights: dict[int, float]) -> np.ndarray:
+    """Each image's loss weight: the weight of its class."""
+    return np.array([class_weights[int(target)] for target in targets], dtype=np.float32)
+
+
+def _prepare_work_dir(work_dir: Path, monitor: str) -> float | None:
+    """Create the run's work folder; return the best monitored value so far when resuming, else None.
+
+    The folder survives an interruption with BackupAndRestore's state in ``backup/``; without it
+    there is nothing to resume and the folder is emptied.
+    """
+    if not (work_dir / "backup").is_dir():
+        shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    earlier = _read_history(work_dir / "history.csv")
+    if monitor not in earlier or earlier[monitor].dropna().empty or not (work_dir / BEST_WEIGHTS).is_file():
+        return None
+    return float(earlier[monitor].max())
+
+
+def _synchronize_batch_normalization(model: keras.Model) -> None:
+    """Make batch normalisation use the global batch's statistics across replicas.
+
+    Every replica then updates its moving averages identically, so all workers end with the
+    same weights (and single-device and distributed training normalise alike).
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+
+
+@contextlib.contextmanager
+def _multi_worker_fit_fixes(model: keras.Model, strategy: Any, dataset: Any) -> Iterator[None]:
+    """Work around two Keras 3 bugs that stop ``fit`` under MultiWorkerMirroredStrategy.
+
+    Keras builds a distributed model from the first batch averaged over the replicas, and it
+    averages each step's scalar metrics with ``strategy.reduce("MEAN", value, axis=0)``; both
+    fail with multi-worker collectives. The model is built from one local batch instead (its
+    variables are mirrored already), and scalars are averaged over replicas with ``axis=None``.
+    Under any other strategy this does nothing.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tensorflow_trainer
+
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))  # noqa: SLF001 - see the docstring
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # noqa: SLF001
+    original_reduce = tensorflow_trainer.reduce_per_replica
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str = "auto") -> Any:
+        if reduction in ("auto", "mean"):
+            return tf.nest.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return original_reduce(values, strategy, reduction)
+
+    tensorflow_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tensorflow_trainer.reduce_per_replica = original_reduce
 
 
 def _publish_run(work_dir: Path, final_dir: Path) -> None:
@@ -368,7 +533,6 @@ def _library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on."""
     import cv2
     import sklearn
-    import tensorflow as tf
 
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": np.__version__, "pandas": pd.__version__, "opencv": cv2.__version__,
@@ -408,18 +572,29 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     config_path, model_path = run_dir / "config.json", run_dir / "model.keras"
     if not model_path.is_file() or not config_path.is_file():
         raise ModelNotFoundError(f"{run_dir} is not a complete run (model.keras and config.json expected): train it again")
-    run_config = json.loads(config_path.read_text())
+    try:
+        run_config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot read {config_path} ({error}): train the run again") from None
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear line
-        raise ModelNotFoundError(f"cannot load {model_path}: {type(error).__name__}: {error}. Train the run again") from None
-    threshold = DEFAULT_THRESHOLD
-    evaluation_path = run_dir / EVALUATION_FILENAME
-    if evaluation_path.is_file():
-        threshold = float(json.loads(evaluation_path.read_text()).get("threshold", DEFAULT_THRESHOLD))
+        reason = " ".join(str(error).split())[:300]
+        raise ModelNotFoundError(f"cannot load {model_path} ({type(error).__name__}: {reason}): train the run again") from None
     return LoadedRun(model=model, config=run_config, run_dir=run_dir,
-                     preprocess=PreprocessSettings.from_dict(run_config["preprocess"]), threshold=threshold,
+                     preprocess=PreprocessSettings.from_dict(run_config["preprocess"]), threshold=_read_threshold(run_dir),
                      classes=list(run_config.get("classes", [])), name=run_config.get("name", run_dir.parent.name))
+
+
+def _read_threshold(run_dir: Path) -> float:
+    """The decision threshold chosen by notebook 04 (``evaluation.json``), else 0.5."""
+    evaluation_path = run_dir / EVALUATION_FILENAME
+    if not evaluation_path.is_file():
+        return DEFAULT_THRESHOLD
+    try:
+        return float(json.loads(evaluation_path.read_text()).get("threshold", DEFAULT_THRESHOLD))
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelNotFoundError(f"cannot read {evaluation_path} ({error}): run notebook 04 again or delete the file") from None
 
 
 def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathLike[str], split: str = "test",
@@ -441,15 +616,26 @@ def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathL
     return _prediction_frame(frame, probabilities, run.config)
 
 
+RUN_LIST_COLUMNS = ["name", "run_name", "target", "arch", "img_size", "epochs_trained", "best_val_auroc",
+                    "best_val_accuracy", "synthetic_data", "created", "threshold", "run_dir"]
+
+
 def list_runs(models_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """One row per trained run: name, run, architecture, size, epochs, best validation metric, threshold."""
+    """One row per trained run (``RUN_LIST_COLUMNS``): name, run, architecture, size, epochs, best metric, threshold.
+
+    Unfinished runs (hidden folders) and folders without a model are left out; with no runs the
+    frame is empty but has the columns.
+    """
     folder = Path(models_dir or config.MODELS_DIR)
     rows = []
     for config_path in sorted(folder.glob("*/*/config.json")):
         run_dir = config_path.parent
         if run_dir.name.startswith(".") or not (run_dir / "model.keras").is_file():
             continue
-        run_config = json.loads(config_path.read_text())
+        try:
+            run_config = json.loads(config_path.read_text())
+        except (OSError, ValueError):
+            continue
         best = run_config.get("best", {})
         row = {
             "name": run_dir.parent.name, "run_name": run_dir.name, "target": run_config.get("target"),
@@ -457,10 +643,8 @@ def list_runs(models_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
             "epochs_trained": run_config.get("epochs_trained"),
             "best_val_auroc": best.get("val_auroc"), "best_val_accuracy": best.get("val_accuracy"),
             "synthetic_data": run_config.get("synthetic_data"), "created": run_config.get("created"),
-            "threshold": None, "run_dir": str(run_dir),
+            "threshold": _read_threshold(run_dir) if (run_dir / EVALUATION_FILENAME).is_file() else None,
+            "run_dir": str(run_dir),
         }
-        evaluation_path = run_dir / EVALUATION_FILENAME
-        if evaluation_path.is_file():
-            row["threshold"] = json.loads(evaluation_path.read_text()).get("threshold")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=RUN_LIST_COLUMNS)

@@ -11,8 +11,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+# Each worker runs the ordinary train_model: the strategy comes from TF_CONFIG alone.
 WORKER = textwrap.dedent("""
     import sys
     from fracture_lib.train import TrainConfig, train_model
@@ -21,11 +23,13 @@ WORKER = textwrap.dedent("""
                     run_name="mwms", seed=0),
         models_dir=sys.argv[2], verbose=0,
     )
-    print("RUN_DIR", result.run_dir, "STRATEGY", result.config["strategy"], "REPLICAS", result.config["replicas"])
+    print("RUN_DIR", result.run_dir, "STRATEGY", result.config["strategy"], "REPLICAS", result.config["replicas"],
+          "GLOBAL_BATCH", result.config["global_batch_size"])
 """)
 
 
 def _free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that nothing listens on right now."""
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
@@ -35,40 +39,63 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+def _run_workers(data_root: Path, models_dir: Path, cache_root: Path) -> list[str]:
+    """Start two workers of one cluster, wait for both, and return their standard outputs."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes = []
+    try:
+        for task in range(2):
+            environment = {
+                **os.environ,
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": task}}),
+                "FRACTURE_CACHE_DIR": str(cache_root / f"cache-{task}"),
+                "CUDA_VISIBLE_DEVICES": "",
+            }
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(data_root), str(models_dir)],
+                env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))
+        outputs = []
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-3000:]
+            outputs.append(stdout)
+        return outputs
+    finally:
+        # A worker whose partner failed waits for it forever: stop it.
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras 3.15 model.fit cannot run under MultiWorkerMirroredStrategy: it reduces distributed batches "
-           "and per-replica metrics with strategy.reduce, which fails for multi-worker collectives "
-           "(keras-team/keras#20585). Strict: this test starts failing the suite once Keras fixes it.",
-)
 def test_two_workers_train_identical_weights(tiny_demo_root: Path, tmp_path: Path) -> None:
     import keras
 
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes = []
-    for task in range(2):
-        environment = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": task}}),
-            "FRACTURE_CACHE_DIR": str(tmp_path / f"cache-{task}"),
-            "CUDA_VISIBLE_DEVICES": "",
-        }
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tiny_demo_root), str(tmp_path / "models")],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    outputs = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-        outputs.append(stdout)
-    assert all("STRATEGY MultiWorkerMirroredStrategy REPLICAS 2" in output for output in outputs)
-    chief = tmp_path / "models" / "elbow" / "mwms" / "model.keras"
-    worker = tmp_path / "models" / "elbow" / ".partial-mwms.worker-1" / "model.keras"
-    chief_weights = keras.saving.load_model(chief, compile=False).get_weights()
-    worker_weights = keras.saving.load_model(worker, compile=False).get_weights()
+    from fracture_lib import mura
+    from fracture_lib.train import load_run, predict_split
+
+    models_dir = tmp_path / "models"
+    outputs = _run_workers(tiny_demo_root, models_dir, tmp_path)
+    # Two replicas of 8 images each: the global batch is scaled with the replicas.
+    assert all("STRATEGY MultiWorkerMirroredStrategy REPLICAS 2 GLOBAL_BATCH 16" in output for output in outputs), outputs
+
+    # The chief (worker 0) published the run; worker 1 kept its copy in its hidden work folder.
+    chief_dir = models_dir / "elbow" / "mwms"
+    worker_dir = models_dir / "elbow" / ".partial-mwms.worker-1"
+    chief_weights = keras.saving.load_model(chief_dir / "model.keras", compile=False).get_weights()
+    worker_weights = keras.saving.load_model(worker_dir / "model.keras", compile=False).get_weights()
     assert len(chief_weights) == len(worker_weights) > 0
+    # Every weight, batch-normalisation moving averages included, is bit-identical.
     for chief_array, worker_array in zip(chief_weights, worker_weights):
         np.testing.assert_array_equal(chief_array, worker_array)
+
+    # The validation predictions gathered across workers are in the index's order: one process
+    # predicting with the saved model gets the same numbers.
+    saved = pd.read_csv(chief_dir / "val_predictions.csv")
+    run = load_run(chief_dir)
+    index = mura.build_index(tiny_demo_root, seed=0)
+    again = predict_split(run, index, tiny_demo_root, split="val", cache_dir=tmp_path / "cache-check")
+    assert list(again["path"]) == list(saved["path"])
+    np.testing.assert_allclose(again["probability"], saved["probability"], atol=1e-5)

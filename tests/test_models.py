@@ -45,6 +45,8 @@ def test_architecture_builds_and_predicts(arch: str) -> None:
     layer = model.get_layer(name)
     assert layer in model.layers and len(layer.output.shape) == 4
     assert not any(isinstance(sub, keras.Model) for sub in model.layers)
+    # small_cnn's max-pooled detectors train without dropout; the backbones use 0.3.
+    assert model.get_layer("dropout").rate == (0.0 if arch == "small_cnn" else 0.3)
     # Only colour backbones repeat grey to three channels.
     assert ("grey_to_rgb" in [item.name for item in model.layers]) == (arch != "small_cnn")
 
@@ -58,17 +60,18 @@ def test_softmax_classifier_sums_to_one(num_classes: int) -> None:
 
 
 def test_backbone_normalisation_matches_keras_preprocess_input() -> None:
-    keras.backend.clear_session()
     grey = _random_images(2, 32, seed=3)
     rgb = np.repeat(grey, 3, axis=-1)
     cases = {
-        "densenet121": ("imagenet_normalise", keras.applications.densenet.preprocess_input),
-        "resnet50": ("caffe_normalise", keras.applications.resnet50.preprocess_input),
-        "mobilenetv2": ("rescale", keras.applications.mobilenet_v2.preprocess_input),
+        "densenet121": keras.applications.densenet.preprocess_input,
+        "resnet50": keras.applications.resnet50.preprocess_input,
+        "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
     }
-    for arch, (layer_name, preprocess_input) in cases.items():
-        model = build_model(arch, 32)
-        normaliser = keras.Model(model.input, model.get_layer(layer_name).output)
+    for arch, preprocess_input in cases.items():
+        # The grey-to-colour and normalisation layers build_model puts in front of the backbone.
+        images = keras.Input(shape=(32, 32, 1))
+        normalise = models._backbone_builders()[arch][1]
+        normaliser = keras.Model(images, normalise(models._grey_to_rgb(images)))
         ours = keras.ops.convert_to_numpy(normaliser(grey))
         np.testing.assert_allclose(ours, preprocess_input(rgb.copy()), rtol=1e-5, atol=1e-4)
 
@@ -85,13 +88,22 @@ def test_saved_model_reloads_in_safe_mode_with_identical_predictions(tmp_path: P
     model.save_weights(tmp_path / "small.weights.h5")
     again = build_model("small_cnn", 48, weights=str(tmp_path / "small.weights.h5"), seed=7)
     np.testing.assert_allclose(again.predict(images, verbose=0), expected, atol=1e-6)
+    # Weights of another model shape, or a corrupt file, give one clear line naming the file.
+    with pytest.raises(FractureLibError, match=r"cannot load weights from .*small\.weights\.h5.*3 output"):
+        build_model("small_cnn", 48, weights=str(tmp_path / "small.weights.h5"), num_classes=3)
+    (tmp_path / "corrupt.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(FractureLibError, match=r"cannot load weights from .*corrupt\.weights\.h5"):
+        build_model("small_cnn", 48, weights=str(tmp_path / "corrupt.weights.h5"))
 
 
 def test_imagenet_offline_names_the_file_to_place(monkeypatch, tmp_path: Path) -> None:
     keras.backend.clear_session()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
-    def offline(*args, **kwargs):
+    requested = []
+
+    def offline(file_name, *args, **kwargs):
+        requested.append(file_name)
         raise OSError("network is unreachable")
 
     # Keras applications call file_utils.get_file; patch every route so no download is tried.
@@ -103,6 +115,8 @@ def test_imagenet_offline_names_the_file_to_place(monkeypatch, tmp_path: Path) -
         build_model("mobilenetv2", 96, weights="imagenet")
     assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + file_name in str(caught.value)
     assert "\n" not in str(caught.value)
+    # The message names the very file Keras tried to download.
+    assert requested == [file_name]
 
 
 def test_imagenet_weights_file_names() -> None:
@@ -135,3 +149,16 @@ def test_bad_arguments_are_reported(tmp_path: Path) -> None:
         build_model("small_cnn", 64, weights=str(backbone_file))
     # Parameters from notebooks arrive as strings: "none" means no weights.
     assert build_model("small_cnn", 32, weights="none").count_params() > 0
+
+
+def test_seed_alone_fixes_the_initial_weights() -> None:
+    first = build_model("small_cnn", 32, seed=3).get_weights()
+    again = build_model("small_cnn", 32, seed=3).get_weights()
+    other = build_model("small_cnn", 32, seed=4).get_weights()
+    for left, right in zip(first, again):
+        np.testing.assert_array_equal(left, right)
+    assert any(not np.array_equal(left, right) for left, right in zip(first, other))
+    # Every convolution starts from its own random numbers: no kernel repeats another's, scaled.
+    kernels = [weights.ravel()[:144] for weights in first if weights.ndim == 4]
+    correlations = np.corrcoef(np.stack(kernels))
+    assert np.abs(correlations[np.triu_indices(len(kernels), k=1)]).max() < 0.5

@@ -36,3 +36,20 @@ def test_notebook_is_stripped_and_parameterized(path) -> None:
     # The notebook starts with a title and explains itself in markdown.
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
     assert sum(cell.cell_type == "markdown" for cell in notebook.cells) >= 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_papermill_sees_every_parameter(path) -> None:
+    # papermill silently skips a parameter line it cannot parse (for example a comment
+    # containing "="), and `make reports` would then never override that parameter.
+    import ast
+
+    import papermill
+
+    notebook = nbformat.read(str(path), as_version=4)
+    cell = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+    assigned = {
+        node.targets[0].id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+    }
+    assert assigned, f"{path.name}: the parameters cell assigns nothing"
+    assert set(papermill.inspect_notebook(str(path))) == assigned

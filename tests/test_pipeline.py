@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from fracture_lib.errors import ParameterError
-from fracture_lib.pipeline import AugmentSettings, augment_batch, make_dataset
+from fracture_lib.pipeline import AugmentSettings, augment_batch, augment_images, make_dataset, random_transforms
 
 
 def _images(count: int = 40, size: int = 32) -> np.ndarray:
@@ -84,3 +84,68 @@ def test_bad_arguments_are_reported() -> None:
         make_dataset(np.zeros((2, 8, 8), dtype=np.uint8), np.zeros(3))
     with pytest.raises(ParameterError, match="rotation_degrees"):
         AugmentSettings(rotation_degrees=-1)
+
+
+def test_evaluation_never_augments_or_shuffles_and_features_only_without_labels() -> None:
+    images = _images(10)
+    batches = [x.numpy() for x in make_dataset(images, batch_size=4, augment=AugmentSettings(contrast=0.5))]
+    np.testing.assert_array_equal(np.concatenate(batches)[..., 0], images.astype(np.float32))
+
+
+def test_training_without_augmentation_only_shuffles() -> None:
+    images = _images(12)
+    labels = np.arange(12)
+    for x, y in make_dataset(images, labels, 5, training=True, seed=0):
+        np.testing.assert_array_equal(x.numpy()[..., 0], images[y.numpy()].astype(np.float32))
+
+
+def test_memory_mapped_cache_feeds_the_pipeline(tmp_path) -> None:
+    np.save(tmp_path / "images.npy", _images(6))
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    x = next(iter(make_dataset(mapped, batch_size=6)))
+    np.testing.assert_array_equal(x.numpy()[..., 0], _images(6).astype(np.float32))
+
+
+def test_zoom_and_contrast_stay_in_range_and_are_seeded() -> None:
+    images = _images(8)
+    settings = AugmentSettings(zoom=0.2, contrast=0.4)
+    first = augment_images(images, [1, 2], settings)
+    assert first.dtype == np.float32 and first.shape == (8, 32, 32)
+    assert first.min() >= 0 and first.max() <= 255
+    np.testing.assert_array_equal(first, augment_images(images, [1, 2], settings))
+    assert not np.array_equal(first, augment_images(images, [1, 3], settings))
+    # Contrast alone keeps each image's mean grey level (up to clipping) and changes its spread.
+    contrast_only = augment_images(images, 5, AugmentSettings(flip=False, rotation_degrees=0, contrast=0.4))
+    assert not np.array_equal(contrast_only, images.astype(np.float32))
+    np.testing.assert_allclose(contrast_only.mean(axis=(1, 2)), images.mean(axis=(1, 2)), atol=8)
+
+
+def test_transforms_rotate_about_the_centre_within_the_limit() -> None:
+    matrices, _ = random_transforms(200, 33, 33, 0, AugmentSettings(flip=False, rotation_degrees=30))
+    centre = np.array([16.0, 16.0, 1.0])
+    np.testing.assert_allclose(matrices @ centre, np.tile([16.0, 16.0], (200, 1)), atol=1e-9)
+    angles = np.degrees(np.arctan2(matrices[:, 1, 0], matrices[:, 0, 0]))
+    assert np.abs(angles).max() <= 30 and np.abs(angles).max() > 25
+    flips, _ = random_transforms(200, 33, 33, 0, AugmentSettings(rotation_degrees=0))
+    mirrored = flips[:, 0, 0] < 0
+    assert 60 < mirrored.sum() < 140
+
+
+def test_naive_loader_decodes_every_image_each_epoch(tmp_path) -> None:
+    import cv2
+
+    from fracture_lib import bench
+
+    paths = []
+    for number in range(5):
+        paths.append(tmp_path / f"image{number}.png")
+        cv2.imwrite(str(paths[-1]), np.full((30, 20), 40 * number + 10, dtype=np.uint8))
+    labels = np.arange(5, dtype=np.float32)
+    batches = list(bench.naive_batches(paths, labels, img_size=16, batch_size=2, seed=0, epochs=2))
+    assert [len(x) for x, _, _ in batches] == [2, 2, 1, 2, 2, 1]
+    x, y, w = batches[0]
+    assert x.shape == (2, 16, 16, 1) and x.dtype == np.float32 and x.max() <= 255 and (w == 1).all()
+    first_epoch = np.concatenate([y for _, y, _ in batches[:3]])
+    assert sorted(first_epoch) == list(labels)
+    results = bench.write_results({"value": np.float32(1.5)}, tmp_path / "out" / "bench.json")
+    assert results.read_text().strip().endswith("}") and not list((tmp_path / "out").glob(".*"))

@@ -57,6 +57,9 @@ def test_plan_runs_every_stage_in_order() -> None:
     jobs = {job.output_stem: job for job in reports.plan_reports(parameters)}
     assert jobs["03_train_body_part"].parameters["TARGET"] == config.BODY_PART_TARGET
     assert jobs["04_evaluate_hand"].parameters["BODY_PART"] == "hand"
+    # Fracture models for two parts, but the router still tells all three default parts apart.
+    assert jobs["03_train_elbow"].parameters["BODY_PARTS"] == ["elbow", "hand"]
+    assert jobs["03_train_body_part"].parameters["BODY_PARTS"] == ["elbow", "hand", "shoulder"]
 
 
 def test_failing_notebook_keeps_previous_reports(tmp_path: Path, tiny_demo_root: Path, monkeypatch) -> None:
@@ -76,7 +79,7 @@ def test_failing_notebook_keeps_previous_reports(tmp_path: Path, tiny_demo_root:
     nbformat.write(notebook, str(notebooks / "01_data_exploration.ipynb"))
     monkeypatch.setattr(config, "NOTEBOOKS_DIR", notebooks)
     parameters = reports.load_parameters(overrides={"data_dir": str(tiny_demo_root)})
-    with pytest.raises(FractureLibError, match=r"01_data_exploration failed in cell 2: ValueError: bad cell on purpose"):
+    with pytest.raises(FractureLibError, match=r"01_data_exploration failed in code cell 2: ValueError: bad cell on purpose"):
         reports.run_reports(parameters, reports_dir=reports_dir, only=["01_data_exploration"], progress=lambda _: None)
     assert (reports_dir / "index.html").read_text() == "previous set"
     assert (reports_dir / reports.FAILED_BUILD_DIRNAME / "executed" / "01_data_exploration.ipynb").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -11,9 +12,11 @@ import pandas as pd
 import pytest
 
 from fracture_lib import config, mura
+from fracture_lib.models import build_model
 from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
 from fracture_lib.train import (
-    TrainConfig, compute_class_weights, find_run, list_runs, load_run, predict_images, predict_split, train_model,
+    StopWhenPerfect, TrainConfig, compute_class_weights, dataset_summary, find_run, list_runs, load_run, predict_images, predict_split,
+    train_model,
 )
 
 
@@ -22,6 +25,17 @@ def test_class_weights_follow_the_mura_paper() -> None:
     assert weights == {0: 0.25, 1: 0.75}
     with pytest.raises(FractureLibError, match="only one class"):
         compute_class_weights([1, 1])
+
+
+def test_training_stops_once_validation_is_perfect() -> None:
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.stop_training = False
+    callback = StopWhenPerfect("val_accuracy")
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_accuracy": 0.99, "accuracy": 1.0})
+    assert model.stop_training is False
+    callback.on_epoch_end(1, {"val_accuracy": 1.0})
+    assert model.stop_training is True
 
 
 def test_bad_configuration_is_rejected() -> None:
@@ -62,6 +76,18 @@ def test_run_writes_every_output_and_reloads(tiny_runs: dict[str, Path]) -> None
     assert len(test) == ((index["split"] == "test") & (index["body_part"] == "elbow")).sum()
 
 
+def test_dataset_summary_matches_the_run(tiny_runs: dict[str, Path], tiny_demo_root: Path) -> None:
+    run_config = json.loads((tiny_runs["elbow"] / "config.json").read_text())
+    counts, weights = dataset_summary(TrainConfig(body_part="elbow", data_dir=str(tiny_demo_root), seed=0))
+    assert list(counts.columns) == ["normal", "abnormal", "total"] and list(counts.index) == ["train", "val", "test"]
+    assert counts["total"].to_dict() == run_config["images"]
+    assert weights == {"normal": run_config["class_weights"]["0"], "abnormal": run_config["class_weights"]["1"]}
+    # The paper's weights: each class is weighted by the other's share of the training split.
+    assert weights["abnormal"] == pytest.approx(counts.loc["train", "normal"] / counts.loc["train", "total"])
+    counts, weights = dataset_summary(TrainConfig(target="body_part", data_dir=str(tiny_demo_root), seed=0))
+    assert list(counts.columns) == ["elbow", "hand", "shoulder", "total"] and set(weights) == {"elbow", "hand", "shoulder"}
+
+
 def test_body_part_classifier_run(tiny_runs: dict[str, Path]) -> None:
     run = load_run(tiny_runs["body_part"])
     assert run.classes == list(config.DEFAULT_BODY_PARTS)
@@ -84,12 +110,32 @@ def test_find_and_list_runs(tiny_runs: dict[str, Path]) -> None:
     assert {("elbow", "tiny"), ("body_part", "tiny")} <= set(zip(runs["name"], runs["run_name"]))
 
 
+def test_empty_and_broken_runs_are_reported(tmp_path: Path) -> None:
+    empty = list_runs(tmp_path)
+    assert empty.empty and "best_val_auroc" in empty.columns
+    broken = tmp_path / "elbow" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "model.keras").write_bytes(b"not a zip file")
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match=r"cannot load .*broken/model\.keras .*train the run again"):
+        load_run(broken)
+    with pytest.raises(ModelNotFoundError, match="is not a complete run"):
+        load_run(tmp_path / "elbow" / "absent")
+
+
 class _Interrupt(keras.callbacks.Callback):
     """Simulates a crash at the end of the first epoch."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch == 0:
             raise KeyboardInterrupt("simulated interruption")
+
+
+class _Diverge(keras.callbacks.Callback):
+    """Simulates a resumed epoch that diverges: every weight becomes NaN (validation AUROC 0)."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.set_weights([np.full_like(weights, np.nan) for weights in self.model.get_weights()])
 
 
 def test_interrupted_run_keeps_the_old_model_and_resumes(tiny_demo_root: Path, tmp_path: Path) -> None:
@@ -104,12 +150,49 @@ def test_interrupted_run_keeps_the_old_model_and_resumes(tiny_demo_root: Path, t
                     extra_callbacks=[_Interrupt()])
     # The interrupted run did not touch the previous good run.
     assert (good.run_dir / "model.keras").read_bytes() == good_bytes
-    assert (models_dir / "hand" / ".partial-resume" / "backup").is_dir()
+    work_dir = models_dir / "hand" / ".partial-resume"
+    assert (work_dir / "backup").is_dir()
+    interrupted_best = tmp_path / "interrupted-best.weights.h5"
+    shutil.copy(work_dir / "best.weights.h5", interrupted_best)
 
-    resumed = train_model(TrainConfig(epochs=2, **settings), models_dir=models_dir, verbose=0)
+    resumed = train_model(TrainConfig(epochs=2, **settings), models_dir=models_dir, verbose=0,
+                          extra_callbacks=[_Diverge()])
     history = pd.read_csv(resumed.run_dir / "history.csv")
     # Epoch 0 came from the interrupted attempt; the resumed one trained only epoch 1.
     assert list(history["epoch"]) == [0, 1]
     assert len(resumed.history) == 2
+    assert not work_dir.exists()
+    # The diverged epoch 1 is worse than epoch 0, so the published model holds epoch 0's weights,
+    # although the resumed fit itself never saw epoch 0.
+    assert history.loc[1, "val_auroc"] == 0.0 < history.loc[0, "val_auroc"]
+    assert resumed.config["best_epoch"] == 0 and resumed.best_metrics["epoch"] == 0
+    published = load_run(resumed.run_dir).model
+    expected = build_model("small_cnn", 32, seed=0)
+    expected.load_weights(interrupted_best)
+    for saved, wanted in zip(published.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(saved, wanted)
     assert (resumed.run_dir / "model.keras").read_bytes() != good_bytes
-    assert not (models_dir / "hand" / ".partial-resume").exists()
+
+
+def test_command_line_trains_and_reports(tiny_demo_root: Path, tmp_path: Path, capsys) -> None:
+    from fracture_lib import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--target", "--part", "--data", "--arch", "--img-size", "--epochs", "--run-name", "--weights"):
+        assert option in help_text, option
+
+    models_dir = tmp_path / "cli-models"
+    code = cli.main(["train", "--target", "body_part", "--data", str(tiny_demo_root), "--img-size", "32",
+                     "--epochs", "1", "--batch-size", "16", "--run-name", "cli", "--seed", "0",
+                     "--models-dir", str(models_dir), "--verbose", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"saved {models_dir / 'body_part' / 'cli'}" in out and "best val_accuracy" in out
+    assert (models_dir / "body_part" / "cli" / "model.keras").is_file()
+
+    # A user error is one line on stderr and exit code 2, no traceback.
+    assert cli.main(["train", "--part", "knee", "--data", str(tiny_demo_root), "--models-dir", str(models_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown body part 'knee'") and error.count("\n") == 1

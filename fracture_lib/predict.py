@@ -1,0 +1,662 @@
+"""Score new radiographs with the trained runs: body part, fracture probability and decision.
+
+Two stages, as in the original project: the body-part classifier (``models/body_part/<run>``)
+routes each input to its part's fracture model (``models/<part>/<run>``), unless the part is
+given. An input is an image file, or a study folder (every PNG/JPEG in it, in natural order);
+a study's probability is the mean of its images' probabilities (the MURA paper's rule) and it is
+routed by the mean of its images' body-part probabilities. Every run is scored with exactly the
+preprocessing it was trained with (``PreprocessSettings`` from its ``config.json``, through the
+same ``preprocess.load_and_preprocess`` that builds the training cache), and decided at the
+threshold saved with it (``evaluation.json`` from notebook 04; 0.5, with a note, when absent).
+
+Bad inputs (a missing path, an unreadable or non-image file, an empty folder, no trained model
+for the body part) give that input a one-line ``error`` and the other inputs are still scored.
+
+JSON output (``python -m fracture_lib predict --json``): one object per input, one per line::
+
+    {
+      "input": str,                     # the path as given
+      "kind": "image" | "study" | null, # null when the path could not be read
+      "body_part": str | null,          # e.g. "elbow"
+      "body_part_probability": float | null,  # the classifier's probability; null with --part
+      "body_part_source": "classifier" | "override" | null,
+      "body_part_run_dir": str | null,  # the classifier run used (null with --part)
+      "run_dir": str | null,            # the fracture model's run folder
+      "threshold": float | null,        # decision threshold of that run
+      "threshold_source": "evaluation.json" | "default" | null,
+      "aggregation": "mean" | "max" | null,   # study rule (the one the threshold was chosen with);
+                                        # null for an image input
+      "images": [                       # one entry per image (one for an image input)
+        {"path": str, "probability": float,
+         "decision": "abnormal" | "normal", "gradcam": str | null}   # gradcam: PNG written
+      ],
+      "probability": float | null,      # the image's, or the study's mean, fracture probability
+      "decision": "abnormal" | "normal" | null,   # probability >= threshold is "abnormal"
+      "notes": [str],                   # e.g. default threshold, synthetic training data
+      "error": str | null               # one line naming the input and the fix; null when scored
+    }
+
+A failed input keeps what was found before the failure (for example ``body_part`` when the
+predicted part has no trained model); the fields after it are null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fracture_lib import config
+from fracture_lib.errors import FractureLibError, ImageReadError, ModelNotFoundError, ParameterError
+
+# File types a study folder is searched for (case-insensitive); other files are ignored.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ABNORMAL = "abnormal"
+NORMAL = "normal"
+DEFAULT_THRESHOLD = 0.5
+EVALUATION_FILE = "evaluation.json"  # written next to the model by notebook 04
+AGGREGATIONS = ("mean", "max")
+
+
+@dataclass
+class ImageScore:
+    """The fracture probability and decision of one image."""
+
+    path: str
+    probability: float
+    decision: str
+    gradcam: str | None = None
+    # The Grad-CAM overlay (uint8 RGB) when it was asked for; not part of the JSON output.
+    overlay: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """Return the JSON-ready fields (the overlay array is left out)."""
+        return {"path": self.path, "probability": self.probability, "decision": self.decision,
+                "gradcam": self.gradcam}
+
+
+@dataclass
+class PredictionResult:
+    """Everything ``predict`` says about one input (see the module docstring for the schema)."""
+
+    input: str
+    kind: str | None = None
+    body_part: str | None = None
+    body_part_probability: float | None = None
+    body_part_source: str | None = None
+    body_part_run_dir: str | None = None
+    run_dir: str | None = None
+    threshold: float | None = None
+    threshold_source: str | None = None
+    aggregation: str | None = None
+    images: list[ImageScore] = field(default_factory=list)
+    probability: float | None = None
+    decision: str | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """Return the result as a JSON-ready dict with the documented keys."""
+        result = asdict(self)
+        result["images"] = [image.to_dict() for image in self.images]
+        return result
+
+    def to_json(self) -> str:
+        """Return the result as one line of JSON."""
+        return json.dumps(self.to_dict())
+
+    def raise_for_error(self) -> None:
+        """Raise ``FractureLibError`` with the one-line message when this input failed."""
+        if self.error is not None:
+            raise FractureLibError(self.error)
+
+
+def decide(probability: float, threshold: float) -> str:
+    """Return ``"abnormal"`` when ``probability >= threshold``, else ``"normal"``."""
+    return ABNORMAL if probability >= threshold else NORMAL
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key that puts image2 before image10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def collect_images(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
+    """Return ``("image", [file])`` or ``("study", [its images in natural order])`` for an input.
+
+    Raises ``ImageReadError`` for a missing path and for a folder without PNG/JPEG images.
+    """
+    input_path = Path(path).expanduser()
+    if input_path.is_file():
+        return "image", [input_path]
+    if not input_path.exists():
+        raise ImageReadError(path, "no such file or folder: check the path")
+    if not input_path.is_dir():
+        raise ImageReadError(path, "not a regular file or folder: pass an image file or a study folder")
+    images = sorted(
+        (child for child in input_path.iterdir()
+         if child.is_file() and not child.name.startswith(".")
+         and child.suffix.lower() in IMAGE_SUFFIXES),
+        key=_natural_key,
+    )
+    if not images:
+        subfolders = [child for child in input_path.iterdir() if child.is_dir()]
+        hint = (f"it holds {len(subfolders)} sub-folder(s): pass each study folder itself"
+                if subfolders else "pass a study folder that holds .png or .jpg images")
+        raise ImageReadError(path, f"folder has no images ({', '.join(IMAGE_SUFFIXES)}); {hint}")
+    return "study", images
+
+
+def _read_preprocessed(path: Path, settings) -> np.ndarray:
+    """Decode and preprocess one image exactly as the training cache does: uint8 (S, S)."""
+    from fracture_lib import preprocess
+
+    if path.suffix.lower() == ".dcm":
+        raise ImageReadError(path, "DICOM is not supported: export the image to PNG first")
+    try:
+        return preprocess.load_and_preprocess(path, settings)
+    except FractureLibError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ImageReadError(path, f"not a readable image ({error})") from error
+
+
+class ScoringModel:
+    """A loaded run with a compiled forward pass for fast scoring of one or a few images.
+
+    ``model.predict`` sets up a dataset and a loop on every call (tens of milliseconds); this
+    wraps ``model(images, training=False)`` in a ``tf.function`` with a fixed signature, traced
+    once when the run is loaded.
+    """
+
+    def __init__(self, run) -> None:
+        import tensorflow as tf
+
+        self.run = run
+        self.settings = run.preprocess
+        self.img_size = int(run.preprocess.img_size)
+        model = run.model
+        signature = [tf.TensorSpec((None, self.img_size, self.img_size, 1), tf.float32)]
+        self._forward = tf.function(lambda images: model(images, training=False),
+                                    input_signature=signature)
+        # Trace now, so the first scored image is not charged for it.
+        self._forward(tf.zeros((1, self.img_size, self.img_size, 1), tf.float32))
+
+    def preprocess(self, path: Path) -> np.ndarray:
+        """Return ``path`` decoded and preprocessed with this run's settings: uint8 (S, S)."""
+        return _read_preprocessed(path, self.settings)
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Return the model's outputs for uint8 images (N, S, S): (N,) sigmoid or (N, C) softmax."""
+        batch = np.asarray(images, dtype=np.float32)[..., np.newaxis]
+        outputs = self._forward(batch).numpy()
+        return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
+
+
+def trained_on_synthetic_data(run) -> bool:
+    """Tell whether a run was trained on the synthetic demo data (as far as its config says)."""
+    from fracture_lib import synthetic
+
+    run_config = run.config or {}
+    if run_config.get("synthetic_data") is not None:
+        return bool(run_config["synthetic_data"])
+    data_root = run_config.get("data_root")
+    return bool(data_root) and synthetic.is_synthetic(Path(data_root))
+
+
+def _run_names(folder: Path) -> list[str]:
+    """The complete runs in a model folder (``model.keras`` present; hidden work folders skipped)."""
+    if not folder.is_dir():
+        return []
+    return sorted(child.name for child in folder.iterdir()
+                  if not child.name.startswith(".") and (child / "model.keras").is_file())
+
+
+def _missing_model_message(name: str, models_dir: Path, run_name: str | None) -> str:
+    """The one-line 'no trained model' message with the command that trains one."""
+    folder = models_dir / name
+    if name == config.BODY_PART_TARGET:
+        train_command = "python -m fracture_lib train --target body_part"
+        what = "no trained body-part classifier"
+        extra = " or pass --part PART"
+    else:
+        train_command = f"python -m fracture_lib train --part {name}"
+        what = f"no trained model for {name!r}"
+        extra = ""
+    if run_name is not None:
+        what += f" with run name {run_name!r}"
+        train_command += f" --run-name {run_name}"
+    return f"{what} in {folder}: run `make reports` or `{train_command}`{extra}"
+
+
+class Predictor:
+    """Scores inputs with the runs in ``models_dir``; each run is loaded once and kept.
+
+    ``run_name`` picks the run of every model (None: the latest of each). ``gradcam_dir``: write
+    a Grad-CAM overlay PNG per image there; ``keep_overlays``: keep the overlay arrays on the
+    results (the notebook shows them) even without writing files.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike[str] | None = None, run_name: str | None = None,
+                 gradcam_dir: str | os.PathLike[str] | None = None, keep_overlays: bool = False) -> None:
+        self.models_dir = config.resolve_path(models_dir) if models_dir is not None else config.MODELS_DIR
+        if not self.models_dir.is_dir():
+            raise ModelNotFoundError(
+                f"models folder {self.models_dir} does not exist: train first (`make reports` or "
+                "`python -m fracture_lib train ...`) or pass --models FOLDER"
+            )
+        self.run_name = run_name
+        self.gradcam_dir = config.resolve_path(gradcam_dir) if gradcam_dir is not None else None
+        self.keep_overlays = keep_overlays
+        self._loaded: dict[str, ScoringModel | FractureLibError] = {}
+
+    def scoring_model(self, name: str) -> ScoringModel:
+        """Return the loaded run of ``name`` (a body part or ``body_part``), loading it once."""
+        if name not in self._loaded:
+            try:
+                self._loaded[name] = ScoringModel(self._load_run(name))
+            except FractureLibError as error:
+                self._loaded[name] = error
+        loaded = self._loaded[name]
+        if isinstance(loaded, FractureLibError):
+            raise loaded
+        return loaded
+
+    def _load_run(self, name: str):
+        """Find and load the run of ``name`` in safe mode, or raise ``ModelNotFoundError``."""
+        from fracture_lib import train
+
+        folder = self.models_dir / name
+        has_runs = bool(_run_names(folder))
+        if not has_runs:
+            raise ModelNotFoundError(_missing_model_message(name, self.models_dir, None))
+        try:
+            run_dir = train.find_run(name, run_name=self.run_name, models_dir=self.models_dir)
+        except ModelNotFoundError as error:
+            if self.run_name is None:
+                raise
+            available = _run_names(folder)
+            raise ModelNotFoundError(
+                _missing_model_message(name, self.models_dir, self.run_name)
+                + f" (runs there: {', '.join(available)})"
+            ) from error
+        return train.load_run(run_dir)
+
+    def score(self, path: str | os.PathLike[str], part: str | None = None) -> PredictionResult:
+        """Score one image file or study folder; a bad input gives a result with ``error`` set.
+
+        ``part`` skips the body-part classifier (an unknown name raises ``ParameterError``).
+        """
+        if part is not None:
+            part = config.parse_body_parts(part)[0]
+        result = PredictionResult(input=str(path))
+        try:
+            self._score_into(result, Path(path).expanduser(), part)
+        except FractureLibError as error:
+            result.error = f"{path}: {error}" if str(path) not in str(error) else str(error)
+        return result
+
+    def score_all(self, paths: Iterable[str | os.PathLike[str]], part: str | None = None) -> list[PredictionResult]:
+        """Score every input in turn; one bad input does not stop the others."""
+        return [self.score(path, part) for path in paths]
+
+    def _score_into(self, result: PredictionResult, path: Path, part: str | None) -> None:
+        """Fill ``result`` step by step, so a failing step leaves what was found before it."""
+        kind, image_paths = collect_images(path)
+        result.kind = kind
+        if part is not None:
+            result.body_part, result.body_part_source = part, "override"
+        else:
+            self._route(result, image_paths)
+        model = self.scoring_model(result.body_part)
+        self._describe_run(result, model)
+        images = np.stack([model.preprocess(image_path) for image_path in image_paths])
+        probabilities = model.scores(images)
+        for image_path, image, probability in zip(image_paths, images, probabilities):
+            score = ImageScore(str(image_path), float(probability), decide(float(probability), result.threshold))
+            if self.gradcam_dir is not None or self.keep_overlays:
+                self._explain(score, model, image)
+            result.images.append(score)
+        # The MURA rule: a study's probability is the mean of its images' probabilities (or the
+        # max, when the run's threshold was chosen that way).
+        aggregate = np.max if result.aggregation == "max" else np.mean
+        result.probability = float(aggregate(probabilities))
+        if kind == "image":
+            result.aggregation = None
+        result.decision = decide(result.probability, result.threshold)
+
+    def _route(self, result: PredictionResult, image_paths: Sequence[Path]) -> None:
+        """Pick the body part with the classifier: the argmax of the images' mean probabilities."""
+        router = self.scoring_model(config.BODY_PART_TARGET)
+        classes = list(router.run.classes or router.run.config.get("classes") or [])
+        images = np.stack([router.preprocess(image_path) for image_path in image_paths])
+        mean_probabilities = np.atleast_2d(router.scores(images)).mean(axis=0)
+        if len(classes) != mean_probabilities.shape[-1]:
+            raise ModelNotFoundError(
+                f"body-part classifier {router.run.run_dir} lists {len(classes)} classes but outputs "
+                f"{mean_probabilities.shape[-1]}: retrain it with `python -m fracture_lib train --target body_part`"
+            )
+        best = int(np.argmax(mean_probabilities))
+        result.body_part = str(classes[best])
+        result.body_part_probability = float(mean_probabilities[best])
+        result.body_part_source = "classifier"
+        result.body_part_run_dir = str(router.run.run_dir)
+        # MURA's folders name the study type (XR_WRIST, ...): say so when the router disagrees.
+        named = re.search(r"XR_([A-Z]+)", str(image_paths[0]))
+        if named and named.group(1).lower() != result.body_part:
+            result.notes.append(
+                f"the path says {named.group(0)} but the classifier chose {result.body_part!r} "
+                f"(it knows {', '.join(classes)}): pass --part if you know the body part"
+            )
+
+    def _describe_run(self, result: PredictionResult, model: ScoringModel) -> None:
+        """Record the fracture run, its threshold and the notes a reader needs about them."""
+        run = model.run
+        result.run_dir = str(run.run_dir)
+        evaluation = read_evaluation(run.run_dir)
+        result.aggregation = evaluation.get("aggregation") if evaluation.get("aggregation") in AGGREGATIONS else "mean"
+        if evaluation:
+            result.threshold, result.threshold_source = float(run.threshold), EVALUATION_FILE
+        else:
+            result.threshold, result.threshold_source = DEFAULT_THRESHOLD, "default"
+            result.notes.append(
+                f"no {EVALUATION_FILE} in {run.run_dir}: decided at the default threshold 0.5; "
+                "run notebook 04 (`make reports`) to choose one on the validation split"
+            )
+        if trained_on_synthetic_data(run):
+            result.notes.append(
+                f"{run.run_dir} was trained on synthetic demo data: its probabilities say nothing "
+                "about real radiographs"
+            )
+        if result.body_part_source == "classifier":
+            router = self.scoring_model(config.BODY_PART_TARGET)
+            if trained_on_synthetic_data(router.run) and not trained_on_synthetic_data(run):
+                result.notes.append(f"the body-part classifier {router.run.run_dir} was trained on synthetic demo data")
+
+    def _explain(self, score: ImageScore, model: ScoringModel, image: np.ndarray) -> None:
+        """Compute the Grad-CAM overlay of one image; write it when a folder was given.
+
+        The heatmap is computed on the model input, then the padding is cut off and it is laid
+        over the original image at full resolution, where a reader can see the bone in detail.
+        """
+        from fracture_lib import explain, preprocess
+
+        heatmap = explain.gradcam(model.run.model, image, model.run.config.get("last_conv_layer"))
+        original = preprocess.load_image(score.path)
+        overlay = explain.overlay(original, heatmap_on_original(heatmap, original.shape, model.img_size))
+        if self.keep_overlays:
+            score.overlay = overlay
+        if self.gradcam_dir is not None:
+            score.gradcam = str(write_png(overlay, self.gradcam_dir / gradcam_filename(score.path)))
+
+
+def heatmap_on_original(heatmap: np.ndarray, original_shape: Sequence[int], img_size: int) -> np.ndarray:
+    """Map a heatmap over the square model input back onto the original image (H, W).
+
+    Undoes ``preprocess.preprocess_image``'s letterbox: crops the padding, resizes to (H, W).
+    """
+    import cv2
+
+    from fracture_lib import preprocess
+
+    height, width = int(original_shape[0]), int(original_shape[1])
+    scale, pad_top, pad_left = preprocess.letterbox_geometry(height, width, img_size)
+    content_height = max(1, int(round(height * scale)))
+    content_width = max(1, int(round(width * scale)))
+    content = np.asarray(heatmap, dtype=np.float32)[pad_top:pad_top + content_height,
+                                                    pad_left:pad_left + content_width]
+    return cv2.resize(content, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def gradcam_filename(image_path: str | os.PathLike[str]) -> str:
+    """A readable, unique PNG name for an image's overlay: its last folders, stem and a hash.
+
+    ``.../patient11185/study1_positive/image1.png`` gives
+    ``patient11185_study1_positive_image1_<8 hex>.png``; the hash of the absolute path keeps two
+    images with the same name in different folders apart.
+    """
+    absolute = Path(image_path).expanduser().resolve()
+    parts = [*absolute.parent.parts[-2:], absolute.stem]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(part for part in parts if part not in ("/", "")))
+    digest = hashlib.sha1(str(absolute).encode("utf-8")).hexdigest()[:8]
+    return f"{readable}_{digest}.png"
+
+
+def write_png(image: np.ndarray, path: Path) -> Path:
+    """Write an RGB or grey uint8 image as PNG atomically (temporary name, then ``os.replace``)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    if not cv2.imwrite(str(temporary), pixels):
+        raise ImageReadError(path, "could not write the Grad-CAM overlay: check the folder is writable")
+    os.replace(temporary, path)
+    return path
+
+
+def predict_paths(paths: Iterable[str | os.PathLike[str]], models_dir: str | os.PathLike[str] | None = None,
+                  part: str | None = None, run_name: str | None = None,
+                  gradcam_dir: str | os.PathLike[str] | None = None) -> list[PredictionResult]:
+    """Score image files and study folders; bad inputs get ``error`` set, the others are scored.
+
+    Raises ``ModelNotFoundError`` when ``models_dir`` does not exist and ``ParameterError`` for an
+    unknown ``part`` (usage errors that concern every input).
+    """
+    if part is not None:
+        part = config.parse_body_parts(part)[0]  # a usage error: fail before loading anything
+    predictor = Predictor(models_dir, run_name=run_name, gradcam_dir=gradcam_dir)
+    return predictor.score_all(paths, part=part)
+
+
+def _short(value: float | None, digits: int = 3) -> str:
+    """Format a probability for the table; '-' when absent."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(results: Sequence[PredictionResult]) -> str:
+    """Return a readable table: one row per input, one indented row per image of a study, notes.
+
+    Failed inputs get a row marked ``error``; their messages are not repeated here (the CLI
+    prints them on stderr).
+    """
+    header = ("INPUT", "KIND", "BODY PART", "P(PART)", "P(ABNORMAL)", "THRESHOLD", "DECISION")
+    rows: list[tuple[str, ...]] = []
+    for result in results:
+        if result.error is not None:
+            rows.append((result.input, result.kind or "-", result.body_part or "-",
+                         _short(result.body_part_probability), "-", "-", "error"))
+            continue
+        part_probability = "override" if result.body_part_source == "override" else _short(result.body_part_probability)
+        rows.append((result.input, result.kind, result.body_part, part_probability,
+                     _short(result.probability), _short(result.threshold), result.decision))
+        if result.kind == "study":
+            for image in result.images:
+                rows.append(("  " + Path(image.path).name, "image", "", "", _short(image.probability), "",
+                             image.decision))
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    notes = list(dict.fromkeys(f"note: {note}" for result in results for note in result.notes))
+    gradcams = [image.gradcam for result in results for image in result.images if image.gradcam]
+    if gradcams:
+        notes.append(f"note: {len(gradcams)} Grad-CAM overlay(s) written to {Path(gradcams[0]).parent}")
+    return "\n".join(lines + notes)
+
+
+def results_frame(results: Sequence[PredictionResult]):
+    """Return one row per input (part, probabilities, threshold, decision, error) as a DataFrame."""
+    import pandas as pd
+
+    columns = ("input", "kind", "body_part", "body_part_probability", "body_part_source", "probability",
+               "threshold", "decision", "error")
+    rows = [{column: getattr(result, column) for column in columns} for result in results]
+    for row, result in zip(rows, results):
+        row["images"] = len(result.images)
+    return pd.DataFrame(rows, columns=[*columns[:5], "images", *columns[5:]])
+
+
+def format_json_lines(results: Sequence[PredictionResult]) -> str:
+    """Return one JSON object per input, one per line."""
+    return "\n".join(result.to_json() for result in results)
+
+
+def demo_image_path(data_dir: str | os.PathLike[str] | None = None, body_part: str = "elbow",
+                    label: int = 1, split: str = "test") -> Path:
+    """Return the first image of ``body_part`` with ``label`` in ``split`` of a data root.
+
+    When ``split`` has none (a tiny demo set may lack a part in its test split) the other splits
+    are tried, held-out ones first. ``data_dir=None`` means the real MURA when present, else the
+    demo set (generated if missing).
+    """
+    from fracture_lib import mura, synthetic
+
+    if data_dir is None and not config.real_data_available():
+        data_root = synthetic.ensure_demo_dataset()
+    else:
+        data_root = config.resolve_data_root(data_dir)
+    index = mura.build_index(data_root, parts=[body_part])
+    for candidate in dict.fromkeys((split, "test", "val", "train")):
+        rows = index[(index["split"] == candidate) & (index["label"] == label)]
+        if not rows.empty:
+            return data_root / rows["path"].iloc[0]
+    raise ParameterError(f"no {body_part!r} image with label {label} in {data_root}: pass IMAGE_PATH")
+
+
+# --- Listing the trained runs ---------------------------------------------------------------
+
+RUN_COLUMNS = ("name", "run", "target", "arch", "img_size", "epochs_trained", "best_val_auroc",
+               "best_val_accuracy", "threshold", "test_study_kappa", "test_study_auroc", "synthetic_data",
+               "created", "run_dir")
+
+
+def read_evaluation(run_dir: str | os.PathLike[str]) -> dict:
+    """Return a run's ``evaluation.json`` (written by notebook 04), or ``{}`` when absent or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / EVALUATION_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _study_metric(evaluation: dict, name: str) -> float | None:
+    """A finite study-level test metric from ``evaluation.json``, else None."""
+    value = (evaluation.get("study") or {}).get(name)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def list_trained_runs(models_dir: str | os.PathLike[str] | None = None):
+    """Return one row per trained run in ``models_dir`` (columns ``RUN_COLUMNS``).
+
+    Training facts come from ``train.list_runs`` (the run's ``config.json``); the decision
+    threshold and the study-level test kappa and AUROC from ``evaluation.json`` when the run was
+    evaluated (notebook 04).
+    """
+    import pandas as pd
+
+    from fracture_lib import train
+
+    models_dir = config.resolve_path(models_dir) if models_dir is not None else config.MODELS_DIR
+    if not models_dir.is_dir():
+        raise ModelNotFoundError(
+            f"models folder {models_dir} does not exist: train first (`make reports` or "
+            "`python -m fracture_lib train ...`) or pass --models FOLDER"
+        )
+    runs = train.list_runs(models_dir).rename(columns={"run_name": "run"})
+    if runs.empty:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    evaluations = [read_evaluation(run_dir) for run_dir in runs["run_dir"]]
+    runs["test_study_kappa"] = [_study_metric(evaluation, "kappa") for evaluation in evaluations]
+    runs["test_study_auroc"] = [_study_metric(evaluation, "auroc") for evaluation in evaluations]
+    return runs.reindex(columns=list(RUN_COLUMNS)).sort_values(["name", "created"]).reset_index(drop=True)
+
+
+def format_runs_table(runs) -> str:
+    """Return the run list as a readable table (or a hint when there is none)."""
+    if runs.empty:
+        return "no trained runs: run `make reports` or `python -m fracture_lib train --part elbow`"
+    shown = runs.drop(columns=["run_dir"]).copy()
+    for column in ("best_val_auroc", "best_val_accuracy", "threshold", "test_study_kappa", "test_study_auroc"):
+        shown[column] = shown[column].map(lambda value: "-" if _is_missing(value) else f"{value:.3f}")
+    return shown.astype(object).where(shown.notna(), "-").to_string(index=False)
+
+
+def _is_missing(value) -> bool:
+    """True for None and NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_runs_json(runs) -> str:
+    """Return the run list as a JSON array of objects."""
+    records = runs.astype(object).where(runs.notna(), None).to_dict(orient="records")
+    return json.dumps(records, indent=2)
+
+
+# --- Latency benchmark ------------------------------------------------------------------------
+
+def benchmark_latency(run, image_paths: Sequence[str | os.PathLike[str]], repeats: int = 50,
+                      batch_size: int = 32, warmup: int = 3) -> dict:
+    """Measure scoring speed of one loaded run (``train.LoadedRun`` or a run folder).
+
+    Returns single-image latency from file (decode, preprocess, forward) and of the forward pass
+    alone, as p50/p95 in milliseconds over ``repeats`` calls cycling through ``image_paths``, and
+    batch throughput in images/s (forward only on preprocessed images, and end to end from
+    files) with batches of ``batch_size``.
+    """
+    if repeats < 1 or batch_size < 1 or not image_paths:
+        raise ParameterError("benchmark_latency needs repeats >= 1, batch_size >= 1 and at least one image")
+    if isinstance(run, (str, os.PathLike)):
+        from fracture_lib import train
+
+        run = train.load_run(Path(run))
+    model = ScoringModel(run)
+    paths = [Path(path) for path in image_paths]
+    images = np.stack([model.preprocess(path) for path in paths])
+    for index in range(warmup):
+        model.scores(images[index % len(images)][np.newaxis])
+
+    end_to_end, forward_only = [], []
+    for index in range(repeats):
+        path = paths[index % len(paths)]
+        start = time.perf_counter()
+        model.scores(model.preprocess(path)[np.newaxis])
+        end_to_end.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model.scores(images[index % len(images)][np.newaxis])
+        forward_only.append(time.perf_counter() - start)
+
+    batch = images[np.arange(batch_size) % len(images)]
+    model.scores(batch)
+    batch_rounds = max(3, repeats // 10)
+    start = time.perf_counter()
+    for _ in range(batch_rounds):
+        model.scores(batch)
+    forward_throughput = batch_rounds * batch_size / (time.perf_counter() - start)
+    batch_paths = [paths[index % len(paths)] for index in range(batch_size)]
+    start = time.perf_counter()
+    for _ in range(batch_rounds):
+        model.scores(np.stack([model.preprocess(path) for path in batch_paths]))
+    file_throughput = batch_rounds * batch_size / (time.perf_counter() - start)
+
+    def percentile(values: list[float], q: float) -> float:
+        return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+    return {
+        "run_dir": str(run.run_dir),
+        "arch": run.config.get("arch"),
+        "img_size": model.img_size,
+        "repeats": repeats,
+        "single_image_ms_p50": percentile(end_to_end, 50),
+        "single_image_ms_p95": percentile(end_to_end, 95),
+        "forward_ms_p50": percentile(forward_only, 50),
+        "forward_ms_p95": percentile(forward_only, 95),
+        "batch_size": batch_size,
+        "batch_images_per_s": float(forward_throughput),
+        "batch_from_files_images_per_s": float(file_throughput),
+    }

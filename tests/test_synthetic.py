@@ -1,0 +1,146 @@
+"""Tests of the synthetic MURA-layout demo dataset: layout, CSV format, determinism, balance."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from fracture_lib import config, synthetic
+from fracture_lib.errors import ParameterError
+
+
+def _read_split(root: Path, mura_split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The image and study CSVs of one split, read the way MURA's are (no header)."""
+    mura_dir = root / config.MURA_DIRNAME
+    images = pd.read_csv(mura_dir / f"{mura_split}_image_paths.csv", header=None, names=["path"])
+    studies = pd.read_csv(mura_dir / f"{mura_split}_labeled_studies.csv", header=None, names=["study", "label"])
+    return images, studies
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """The sha256 of every file under the data root, keyed by relative path."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != synthetic.MARKER_FILENAME
+    }
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo set shared by the read-only tests of this module."""
+    return synthetic.generate_demo_dataset(tmp_path_factory.mktemp("demo") / "root", patients=24, seed=3)
+
+
+def test_layout_and_csv_format(small_root: Path) -> None:
+    mura_dir = small_root / config.MURA_DIRNAME
+    for mura_split in ("train", "valid"):
+        first_line = (mura_dir / f"{mura_split}_image_paths.csv").read_text().splitlines()[0]
+        assert first_line.startswith(f"MURA-v1.1/{mura_split}/XR_") and first_line.endswith(".png")
+        first_study = (mura_dir / f"{mura_split}_labeled_studies.csv").read_text().splitlines()[0]
+        assert first_study.startswith(f"MURA-v1.1/{mura_split}/XR_") and first_study[-3:] in ("/,0", "/,1")
+        images, studies = _read_split(small_root, mura_split)
+        assert len(images) > 0 and len(studies) > 0
+        for path in images["path"]:
+            assert (small_root / path).is_file(), path
+            parts = path.split("/")
+            assert parts[2] in ("XR_ELBOW", "XR_HAND", "XR_SHOULDER")
+            assert parts[3].startswith("patient") and len(parts[3]) == len("patient00001")
+            assert parts[5].startswith("image")
+        # Labels match the folder suffixes, and every image belongs to a listed study.
+        expected = studies["study"].str.contains("_positive/").astype(int)
+        assert (studies["label"] == expected).all()
+        assert set(images["path"].str.rsplit("/", n=1).str[0] + "/") == set(studies["study"])
+        views = images.groupby(images["path"].str.rsplit("/", n=1).str[0]).size()
+        assert views.between(1, 4).all()
+
+
+def test_patients_disjoint_and_valid_numbered_after_train(small_root: Path) -> None:
+    train_images, _ = _read_split(small_root, "train")
+    valid_images, _ = _read_split(small_root, "valid")
+    train_patients = set(train_images["path"].str.split("/").str[3])
+    valid_patients = set(valid_images["path"].str.split("/").str[3])
+    assert train_patients.isdisjoint(valid_patients)
+    assert max(train_patients) < min(valid_patients)
+
+
+def test_images_are_8bit_grey_in_size_range(small_root: Path) -> None:
+    images, _ = _read_split(small_root, "train")
+    shapes = set()
+    for path in images["path"][:40]:
+        image = cv2.imread(str(small_root / path), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.uint8 and image.ndim == 2
+        assert 300 <= max(image.shape) <= 512
+        shapes.add(image.shape)
+    assert len(shapes) > 5
+
+
+def test_boxes_inside_images_and_only_for_positives(small_root: Path) -> None:
+    boxes = synthetic.load_fracture_boxes(small_root)
+    assert list(boxes.columns) == ["path", "x_min", "y_min", "x_max", "y_max"]
+    assert len(boxes) > 0
+    for row in boxes.itertuples():
+        assert "_positive/" in row.path
+        height, width = cv2.imread(str(small_root / row.path), cv2.IMREAD_GRAYSCALE).shape
+        assert 0 <= row.x_min < row.x_max <= width and 0 <= row.y_min < row.y_max <= height
+    # Every positive study shows its fracture on at least one view.
+    positive_studies = set()
+    for mura_split in ("train", "valid"):
+        _, studies = _read_split(small_root, mura_split)
+        positive_studies |= set(studies.loc[studies["label"] == 1, "study"].str.rstrip("/"))
+    assert set(boxes["path"].str.rsplit("/", n=1).str[0]) == positive_studies
+
+
+def test_is_synthetic(small_root: Path, tmp_path: Path) -> None:
+    assert synthetic.is_synthetic(small_root)
+    assert not synthetic.is_synthetic(tmp_path)
+    assert synthetic.load_fracture_boxes(tmp_path).empty
+
+
+def test_deterministic_for_a_seed(small_root: Path, tmp_path: Path) -> None:
+    again = synthetic.generate_demo_dataset(tmp_path / "again", patients=24, seed=3)
+    assert _hashes(again) == _hashes(small_root)
+    other = synthetic.generate_demo_dataset(tmp_path / "other", patients=24, seed=4)
+    assert _hashes(other) != _hashes(small_root)
+
+
+def test_class_balance_close_to_mura() -> None:
+    studies = synthetic._plan_patients(3000, 7, synthetic.DEMO_PARTS)
+    frame = pd.DataFrame([vars(study) for study in studies])
+    shares = frame.groupby("part")["label"].mean()
+    for part, share in synthetic.ABNORMAL_SHARE.items():
+        assert abs(shares[part] - share) < 0.05, (part, shares[part])
+    valid_share = frame.loc[frame["mura_split"] == "valid", "patient_number"].nunique() / 3000
+    assert 0.07 <= valid_share <= 0.11
+    assert frame.groupby("patient_number").size().max() > 1
+
+
+def test_ensure_reuses_or_regenerates(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    synthetic.ensure_demo_dataset(root, patients=6, seed=1)
+    marker = root / config.MURA_DIRNAME / synthetic.MARKER_FILENAME
+    first = marker.read_text()
+    # No parameters: reuse whatever set is there, whatever its size.
+    assert synthetic.ensure_demo_dataset(root) == root
+    assert marker.read_text() == first
+    # The same parameters: reuse; other parameters: regenerate.
+    synthetic.ensure_demo_dataset(root, patients=6, seed=1)
+    assert marker.read_text() == first
+    synthetic.ensure_demo_dataset(root, patients=7, seed=1)
+    assert synthetic.demo_parameters(root)["patients"] == 7
+    assert not list(tmp_path.glob(".demo.*")), "no temporary folder is left behind"
+
+
+def test_bad_arguments_raise_parameter_error(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError):
+        synthetic.generate_demo_dataset(tmp_path / "bad", patients=5, parts=("knee",))
+    with pytest.raises(ParameterError):
+        synthetic.generate_demo_dataset(tmp_path / "bad", patients=5, parts=("wrist",))
+    with pytest.raises(ParameterError):
+        synthetic.generate_demo_dataset(tmp_path / "bad", patients=0)
+    assert not (tmp_path / "bad").exists()

@@ -16,6 +16,8 @@ are printed. docs/benchmarks.md explains each figure and records a run.
 - **epoch time**: one ``small_cnn`` epoch at 128 px fed by the pipeline versus the naive loader,
   with the per-image decode, augmentation and train-step costs that explain the ratio.
 - **training speed**: images/s of ``small_cnn`` at 128 and 224 px and ``densenet121`` at 224 px.
+- **scoring**: single-image latency p50/p95 (file to probability) and batch throughput of a
+  trained ``small_cnn`` elbow model at 128 px, as ``python -m fracture_lib predict`` scores.
 
 Rates are the best of a few timed passes, the usual way to keep other processes on a shared
 machine out of a speed measurement; the CPU time per image (all threads of this process) is
@@ -59,12 +61,14 @@ class BenchPlan:
     densenet_batch_size: int = 8
     sizes: tuple[int, ...] = (128, 320)
     train_sizes: tuple[int, ...] = (128, 224)
+    latency_images: int = 20         # distinct test images cycled through by the latency measurement
+    latency_repeats: int = 100       # single-image scoring calls timed
 
 
 FULL_PLAN = BenchPlan()
 QUICK_PLAN = BenchPlan(cache_images=256, throughput_images=256, throughput_passes=2, naive_images=48,
                        efficiency_steps=3, efficiency_rounds=4, epoch_rounds=1, epoch_images=128, train_steps=3,
-                       densenet_steps=0)
+                       densenet_steps=0, latency_repeats=20)
 
 
 @dataclass
@@ -443,6 +447,33 @@ def bench_training(context: _Context, efficiency: dict[str, Any]) -> list[dict[s
     return results
 
 
+def bench_prediction(context: _Context) -> dict[str, Any]:
+    """Single-image scoring latency (p50/p95) and batch throughput of a trained elbow model.
+
+    The model is a one-epoch ``small_cnn`` run at 128 px (the default size) trained into a
+    temporary models folder: speed does not depend on how well it was trained.
+    """
+    from fracture_lib import predict
+    from fracture_lib.train import TrainConfig, load_run, train_model
+
+    plan = context.plan
+    models_dir = context.cache_dir / "models"
+    train_config = TrainConfig(body_part="elbow", img_size=128, epochs=1, run_name="bench", seed=context.seed,
+                               data_dir=str(context.data_root))
+    result = train_model(train_config, models_dir=models_dir, verbose=0)
+    elbow_tests = context.index[(context.index["body_part"] == "elbow") & (context.index["split"] == "test")]
+    paths = context.paths(elbow_tests.head(plan.latency_images))
+    latency = predict.benchmark_latency(load_run(result.run_dir), paths, repeats=plan.latency_repeats,
+                                        batch_size=plan.batch_size)
+    latency = {key: (round(value, 2) if isinstance(value, float) else value)
+               for key, value in latency.items() if key != "run_dir"}
+    context.log(f"scoring one image at 128 px: p50 {latency['single_image_ms_p50']:.1f} ms, "
+                f"p95 {latency['single_image_ms_p95']:.1f} ms (decode + preprocess + forward); "
+                f"batches of {plan.batch_size}: {latency['batch_images_per_s']:.0f} images/s forward, "
+                f"{latency['batch_from_files_images_per_s']:.0f} images/s from files")
+    return latency
+
+
 def _machine() -> dict[str, Any]:
     """The machine and library versions the figures were measured with."""
     import cv2
@@ -465,6 +496,7 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
         "data_speedup_at_least_5x": all(item["speedup"] >= 5 for item in by_size.values()),
         f"at_least_1000_images_per_second_at_{max(by_size)}px":
             largest["pipeline"]["images_per_second"] >= 1000,
+        "single_image_p50_under_100_ms": results["prediction"]["single_image_ms_p50"] < 100,
     }
     return {name: bool(value) for name, value in checks.items()}
 
@@ -491,11 +523,12 @@ def _json_default(value: Any) -> Any:
 
 def run_benchmarks(out_path: str | os.PathLike[str] | None = None, quick: bool = False,
                    data_dir: str | os.PathLike[str] | None = None, seed: int = config.DEFAULT_SEED,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, plan: BenchPlan | None = None) -> dict[str, Any]:
     """Run every benchmark, write ``out_path`` (default ``reports/benchmarks.json``) and return the results.
 
     ``data_dir=None`` uses the synthetic demo set (generated when missing); ``quick`` runs the
-    small plan (about a minute) instead of the full one (about five on two free cores).
+    small plan (about a minute) instead of the full one (about five on two free cores); ``plan``
+    replaces both (the tests use a tiny one).
     """
     import keras
 
@@ -507,7 +540,7 @@ def run_benchmarks(out_path: str | os.PathLike[str] | None = None, quick: bool =
     else:
         data_root = config.resolve_data_root(data_dir)
     index = mura.build_index(data_root, seed=seed)
-    plan = QUICK_PLAN if quick else FULL_PLAN
+    plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     if len(index) < plan.batch_size:
         raise ParameterError(f"{data_root} has only {len(index)} images: the benchmark needs at least {plan.batch_size}")
     keras.utils.set_random_seed(seed)
@@ -525,6 +558,7 @@ def run_benchmarks(out_path: str | os.PathLike[str] | None = None, quick: bool =
         results["pipeline_efficiency"] = bench_efficiency(context)
         results["epoch_time"] = bench_epoch(context, results["pipeline_efficiency"], results["data_throughput"])
         results["training"] = bench_training(context, results["pipeline_efficiency"])
+        results["prediction"] = bench_prediction(context)
     results["targets"] = _targets(results)
     results["machine"]["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
     results["seconds"] = round(time.perf_counter() - started, 1)

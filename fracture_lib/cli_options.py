@@ -18,16 +18,16 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="data root containing MURA-v1.1/ (default: real MURA if present, else demo)")
     parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
     parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20, help="maximum number of epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica; the global batch is this times the number of replicas")
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's initial learning rate (divided by 10 on a plateau)")
     parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation before resizing")
-    parser.add_argument("--patience", type=int, default=4, help="epochs without val improvement before early stopping")
-    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before early stopping")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the split, initial weights, shuffling and augmentation")
     parser.add_argument("--run-name", default="default", help="folder name of the run under models/<name>/")
-    parser.add_argument("--models-dir", default=str(config.MODELS_DIR))
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    parser.add_argument("--models-dir", default=str(config.MODELS_DIR), help="where runs are written (default models/)")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
 
 
 def add_predict(parser: argparse.ArgumentParser) -> None:

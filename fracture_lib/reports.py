@@ -174,7 +174,9 @@ def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) ->
         kwargs: dict[str, Any] = {"seed": parameters["seed"]}
         if parameters["demo_patients"] is not None:
             kwargs["patients"] = parameters["demo_patients"]
+        started = time.perf_counter()
         synthetic.ensure_demo_dataset(data_root, **kwargs)
+        progress(f"demo set ready in {time.perf_counter() - started:.1f} s")
     elif not (data_root / config.MURA_DIRNAME).is_dir():
         raise FractureLibError(
             f"no {config.MURA_DIRNAME}/ folder in {data_root}: unzip MURA there or leave data_dir empty for the demo set")
@@ -370,6 +372,8 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
         if not jobs:
             raise ParameterError(f"--only {','.join(prefixes)} matches no notebook: use stems like 01_data_exploration")
 
+    # The kernels inherit the environment: keep TensorFlow's start-up notices out of the progress.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     data_root = _ensure_data(parameters, progress)
     from fracture_lib.synthetic import is_synthetic
 

@@ -172,17 +172,26 @@ def _draw_capsule(layer: np.ndarray, start: np.ndarray, end: np.ndarray, width: 
     cv2.line(layer, _point(start), _point(end), medulla, inner, cv2.LINE_AA)
 
 
+def _inside(point: np.ndarray, frame: tuple[int, int], margin: float) -> bool:
+    """Whether ``point`` lies at least ``margin`` pixels inside a ``(width, height)`` film."""
+    return margin <= point[0] <= frame[0] - 1 - margin and margin <= point[1] <= frame[1] - 1 - margin
+
+
 def _draw_fracture(layer: np.ndarray, bone_start: np.ndarray, bone_end: np.ndarray, width: float,
-                   rng: np.random.Generator, cortex: float, medulla: float) -> tuple[float, float, float, float]:
+                   rng: np.random.Generator, cortex: float, medulla: float,
+                   frame: tuple[int, int]) -> tuple[float, float, float, float]:
     """Break a bone: a jagged lucent line across it, often with displacement or angulation.
 
-    Returns the fracture's bounding box (x_min, y_min, x_max, y_max) in pixels.
+    The fracture site lies in the middle of the bone and on the film (``frame`` is its width and
+    height). Returns the fracture's bounding box (x_min, y_min, x_max, y_max) in pixels.
     """
     length_vector = bone_end - bone_start
     length = float(np.linalg.norm(length_vector))
     direction = length_vector / max(length, 1e-6)
     normal = np.array([-direction[1], direction[0]])
-    site = bone_start + rng.uniform(0.3, 0.7) * length_vector
+    fractions = rng.uniform(0.3, 0.7, size=16)
+    on_film = [fraction for fraction in fractions if _inside(bone_start + fraction * length_vector, frame, width)]
+    site = bone_start + (on_film[0] if on_film else fractions[0]) * length_vector
     # Displaced or angulated fractures redraw the distal fragment moved; hairline ones do not.
     severity = rng.random()
     if severity < 0.85:
@@ -268,7 +277,11 @@ def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool
     chosen = -1
     if fractured:
         candidates = [number for number, bone in enumerate(bones) if bone.fracturable]
-        chosen = int(rng.choice(candidates))
+        # Prefer bones whose middle is on the film, so the fracture can be seen.
+        visible = [number for number in candidates
+                   if _inside(_to_pixels(matrix, (bones[number].start + bones[number].end) / 2), (width, height),
+                              bones[number].width * scale)]
+        chosen = int(rng.choice(visible or candidates))
     layer_of = [number if (part != "hand" or number == chosen) else -1 for number in range(len(bones))]
     layers = {key: np.zeros_like(bone_layer) for key in set(layer_of)}
     for bone, key in zip(bones, layer_of):
@@ -278,7 +291,7 @@ def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool
     if fractured:
         bone = bones[chosen]
         box = _draw_fracture(layers[chosen], _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end),
-                             bone.width * scale, rng, cortex, medulla)
+                             bone.width * scale, rng, cortex, medulla, (width, height))
     # Soft-tissue swelling (a haematoma) surrounds most fractures; a few normal studies have it too.
     swelling_site = None
     if box is not None and rng.random() < 0.85:
@@ -331,6 +344,9 @@ def _render_view(rng: np.random.Generator, part: str, view: int, fractured: bool
     cv2.putText(pixels, initials, (int(width * 0.7), int(height * 0.94)), font, 0.45 * marker_scale, 217, 1, cv2.LINE_AA)
     if box is not None:
         box = (max(0.0, box[0]), max(0.0, box[1]), min(width - 1.0, box[2]), min(height - 1.0, box[3]))
+        # A fracture that lies outside the film is not visible on this view: no box.
+        if box[2] <= box[0] or box[3] <= box[1]:
+            box = None
     return pixels, box
 
 

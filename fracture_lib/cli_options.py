@@ -18,7 +18,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="data root containing MURA-v1.1/ (default: real MURA if present, else demo)")
     parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
     parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum number of epochs (early stopping may end sooner)")
+    parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica; the global batch is this times the number of replicas")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's initial learning rate (divided by 10 on a plateau)")
     parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")

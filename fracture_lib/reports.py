@@ -216,6 +216,23 @@ def _execute(job: ReportJob, executed_dir: Path) -> Path:
     return output
 
 
+# TensorFlow's start-up and tracing notices on stderr: they say nothing to a reader of the report
+# (the executed notebook keeps them).
+_LIBRARY_NOISE = (
+    "WARNING: All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "triggered tf.function retracing",
+)
+
+
+def _is_library_noise(output: Any) -> bool:
+    """Whether a stderr output holds only TensorFlow notices (see ``_LIBRARY_NOISE``)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    lines = [line for line in output.get("text", "").splitlines() if line.strip()]
+    return bool(lines) and all(any(marker in line for marker in _LIBRARY_NOISE) for line in lines)
+
+
 def export_html(executed_notebook: Path, html_path: Path, title: str) -> None:
     """Write the executed notebook as HTML with code hidden and figures embedded."""
     import nbformat
@@ -223,6 +240,9 @@ def export_html(executed_notebook: Path, html_path: Path, title: str) -> None:
 
     notebook = nbformat.read(str(executed_notebook), as_version=4)
     notebook.metadata["title"] = title
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [output for output in cell.outputs if not _is_library_noise(output)]
     exporter = HTMLExporter(template_name="lab")
     exporter.exclude_input = True
     exporter.exclude_input_prompt = True
@@ -372,8 +392,6 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
         if not jobs:
             raise ParameterError(f"--only {','.join(prefixes)} matches no notebook: use stems like 01_data_exploration")
 
-    # The kernels inherit the environment: keep TensorFlow's start-up notices out of the progress.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     data_root = _ensure_data(parameters, progress)
     from fracture_lib.synthetic import is_synthetic
 

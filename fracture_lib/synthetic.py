@@ -208,7 +208,7 @@ def _draw_fracture(layer: np.ndarray, bone_start: np.ndarray, bone_end: np.ndarr
     half = width * 0.85
     points = [site - across * half + direction * rng.normal(0, width * 0.08) + across * (half * 2) * fraction
               for fraction in np.linspace(0, 1, 5)]
-    gap = max(4, int(round(width * rng.uniform(0.4, 0.6))))
+    gap = max(4, int(round(width * rng.uniform(0.5, 0.75))))
     cv2.polylines(layer, [np.array([_point(point) for point in points], dtype=np.int32)], False, 0.05, gap, cv2.LINE_AA)
     margin = width * 0.9
     return (float(site[0] - margin), float(site[1] - margin), float(site[0] + margin), float(site[1] + margin))
@@ -388,7 +388,7 @@ def _write_studies(job: tuple[Path, int, list[_Study]]) -> list[dict]:
         folder = _study_folder(study)
         (root / folder).mkdir(parents=True, exist_ok=True)
         # Abnormal studies show the fracture on most views, and always on at least one.
-        shown = [bool(rng.random() < 0.9) for _ in range(study.views)] if study.label else [False] * study.views
+        shown = [bool(rng.random() < 0.95) for _ in range(study.views)] if study.label else [False] * study.views
         if study.label and not any(shown):
             shown[int(rng.integers(0, study.views))] = True
         for view in range(1, study.views + 1):

@@ -53,7 +53,7 @@ class TrainConfig:
     body_part: str | None = "elbow"
     arch: str = "small_cnn"
     img_size: int = 128
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 3e-3
     weights: str | None = None

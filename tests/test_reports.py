@@ -111,3 +111,22 @@ def test_make_reports_end_to_end(tmp_path: Path, tiny_demo_root: Path) -> None:
         assert (reports_dir / link).is_file(), f"broken link {link}"
     assert (reports_dir / "metrics" / "elbow.json").is_file()
     assert "[6/6] 05_summary done" in completed.stdout
+
+
+def test_html_drops_tensorflow_notices_but_keeps_real_warnings(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("import tensorflow")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=(
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see slightly different results\n")),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: 3 images could not be read\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="oneDNN custom operations are on (printed on purpose)\n"),
+    ]
+    notebook.cells = [cell]
+    executed = tmp_path / "executed.ipynb"
+    nbformat.write(notebook, str(executed))
+    reports.export_html(executed, tmp_path / "page.html", "A page")
+    page = (tmp_path / "page.html").read_text()
+    assert "absl::InitializeLog" not in page and "port.cc" not in page
+    assert "3 images could not be read" in page and "printed on purpose" in page

@@ -58,6 +58,16 @@ def _default_layer_name(model) -> str:
     return models.last_conv_layer_name(model)
 
 
+def gradcam_cell_size(model, layer_name: str | None = None) -> float:
+    """Side of one Grad-CAM cell in model-input pixels: input size / the feature map's width.
+
+    The heatmap is upsampled from that coarse grid, so its peak is only known to about one cell.
+    """
+    layer = model.get_layer(layer_name or _default_layer_name(model))
+    feature_width = layer.output.shape[2]
+    return float(model.inputs[0].shape[2]) / float(feature_width)
+
+
 def gradcam(model, images: np.ndarray, layer_name: str | None = None, class_index: int | None = None,
             batch_size: int = 32) -> np.ndarray:
     """Grad-CAM heatmaps in [0, 1], upsampled to the input size.

@@ -270,11 +270,16 @@ def _git_description() -> str:
         return "unknown"
 
 
-def _headline_metrics(build_dir: Path, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-    """Collect study-level headline metrics per body part from ``metrics/<part>.json``."""
+def _headline_metrics(build_dir: Path, parameters: dict[str, Any], earlier_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Collect study-level headline metrics per body part from ``metrics/<part>.json``.
+
+    A part this run did not evaluate takes its file from ``earlier_dir`` (the published set).
+    """
     rows = []
     for part in parameters["body_parts"]:
         path = build_dir / "metrics" / f"{part}.json"
+        if not path.is_file() and earlier_dir is not None:
+            path = earlier_dir / "metrics" / f"{part}.json"
         if not path.is_file():
             continue
         document = json.loads(path.read_text())
@@ -291,8 +296,13 @@ def _headline_metrics(build_dir: Path, parameters: dict[str, Any]) -> list[dict[
 
 
 def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, Any], data_root: Path,
-                synthetic_data: bool, started: dt.datetime, command: str) -> Path:
-    """Write ``index.html``: links to every report, headline metrics, and how the set was made."""
+                synthetic_data: bool, started: dt.datetime, command: str,
+                earlier_dir: Path | None = None) -> Path:
+    """Write ``index.html``: links to every report, headline metrics, and how the set was made.
+
+    For a partial run (``--only``), ``earlier_dir`` is the published set: its pages that this run
+    did not remake are linked too, marked as coming from an earlier run.
+    """
     finished = dt.datetime.now().astimezone()
     banner = ""
     if synthetic_data:
@@ -300,13 +310,24 @@ def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, An
                   'radiographs. Its numbers show that the pipeline works; they say nothing about clinical '
                   'performance. Place MURA v1.1 in <code>data/MURA-v1.1/</code> and run <code>make reports</code> '
                   'again for real results.</p>')
+    listed = list(jobs)
+    if earlier_dir is not None:
+        remade = {job.output_stem for job in jobs}
+        listed = [job for job in plan_reports(parameters)
+                  if job.output_stem in remade or (earlier_dir / f"{job.output_stem}.html").is_file()]
+        listed = [next((run for run in jobs if run.output_stem == job.output_stem), job) for job in listed]
     report_rows = "\n".join(
         f'<tr><td><a href="{html.escape(job.output_stem)}.html">{html.escape(job.title)}</a></td>'
         f'<td><a href="{EXECUTED_DIRNAME}/{html.escape(job.output_stem)}.ipynb">notebook</a></td>'
-        f'<td class="number">{job.seconds:.0f} s</td></tr>'
-        for job in jobs
+        + (f'<td class="number">{job.seconds:.0f} s</td></tr>' if job.seconds is not None
+           else '<td>from an earlier run</td></tr>')
+        for job in listed
     )
-    metric_rows = _headline_metrics(build_dir, parameters)
+    partial_row = ""
+    if earlier_dir is not None:
+        partial_row = ("<tr><td>scope</td><td>partial run: only the pages with a run time were remade; the "
+                       "others come from an earlier run</td></tr>")
+    metric_rows = _headline_metrics(build_dir, parameters, earlier_dir)
     metric_names = ["kappa", "auroc", "sensitivity", "specificity", "accuracy", "threshold"]
     metrics_table = "<p>No evaluation metrics were produced.</p>"
     if metric_rows:
@@ -347,6 +368,7 @@ intervals are in each evaluation report.</p>
 <tr><td>started</td><td>{started.isoformat(timespec="seconds")}</td></tr>
 <tr><td>finished</td><td>{finished.isoformat(timespec="seconds")}</td></tr>
 <tr><td>command</td><td><code>{html.escape(command)}</code></td></tr>
+{partial_row}
 <tr><td>code version</td><td>{html.escape(_git_description())}</td></tr>
 <tr><td>data root</td><td><code>{html.escape(str(data_root))}</code>{" (synthetic demo data)" if synthetic_data else ""}</td></tr>
 <tr><td>Python</td><td>{html.escape(platform.python_version())} on {html.escape(platform.platform())}</td></tr>
@@ -360,8 +382,18 @@ intervals are in each evaluation report.</p>
     return path
 
 
-def _publish(build_dir: Path, reports_dir: Path) -> None:
-    """Replace the previous report set in ``reports_dir`` with the complete one in ``build_dir``."""
+def _publish(build_dir: Path, reports_dir: Path, partial: bool = False) -> None:
+    """Replace the previous report set in ``reports_dir`` with the complete one in ``build_dir``.
+
+    A ``partial`` build (``--only``) replaces only the files it made and keeps the other pages.
+    """
+    if partial:
+        for source in sorted(path for path in build_dir.rglob("*") if path.is_file()):
+            target = reports_dir / source.relative_to(build_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        shutil.rmtree(build_dir, ignore_errors=True)
+        return
     retired = reports_dir / f".retired-{os.getpid()}"
     retired.mkdir(exist_ok=True)
     # Move the previous set aside: its HTML pages, executed notebooks and metrics.
@@ -413,7 +445,8 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
             export_html(executed, build_dir / f"{job.output_stem}.html", job.title)
             job.seconds = time.perf_counter() - start
             progress(f"[{number}/{len(jobs)}] {job.output_stem} done in {job.seconds:.1f} s")
-        index = write_index(build_dir, jobs, parameters, data_root, synthetic_data, started, command)
+        index = write_index(build_dir, jobs, parameters, data_root, synthetic_data, started, command,
+                            earlier_dir=reports_dir if only else None)
     except BaseException:
         failed = reports_dir / FAILED_BUILD_DIRNAME
         shutil.rmtree(failed, ignore_errors=True)
@@ -426,7 +459,7 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
             os.environ.pop("FRACTURE_REPORTS_DIR", None)
         else:
             os.environ["FRACTURE_REPORTS_DIR"] = previous_reports_env
-    _publish(build_dir, reports_dir)
+    _publish(build_dir, reports_dir, partial=bool(only))
     shutil.rmtree(reports_dir / FAILED_BUILD_DIRNAME, ignore_errors=True)
     total = sum(job.seconds or 0.0 for job in jobs)
     progress(f"wrote {len(jobs)} reports in {total:.0f} s: {reports_dir / index.name}")

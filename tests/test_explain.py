@@ -238,3 +238,14 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     untrained = explain.pointing_game(heatmaps, boxes_per_image)
     assert untrained["chance_rate"] == pytest.approx(summary["chance_rate"])
     assert untrained["hits"] < summary["hits"] / 3
+
+
+def test_gradcam_cell_size_is_the_input_over_the_feature_map() -> None:
+    from fracture_lib.models import build_model
+
+    # small_cnn halves the input four times (a stride-2 stem and three pools) before last_conv:
+    # an 8 x 8 grid at 128 pixels, 4 x 4 at 64, each cell 16 pixels wide.
+    assert explain.gradcam_cell_size(build_model("small_cnn", 128, seed=0)) == 16.0
+    assert explain.gradcam_cell_size(build_model("small_cnn", 64, seed=0)) == 16.0
+    # DenseNet's last block sees a 7 x 7 grid of a 224-pixel input.
+    assert explain.gradcam_cell_size(build_model("densenet121", 224, seed=0)) == 32.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -130,3 +131,26 @@ def test_html_drops_tensorflow_notices_but_keeps_real_warnings(tmp_path: Path) -
     page = (tmp_path / "page.html").read_text()
     assert "absl::InitializeLog" not in page and "port.cc" not in page
     assert "3 images could not be read" in page and "printed on purpose" in page
+
+
+@pytest.mark.slow
+def test_partial_run_keeps_the_other_pages(tmp_path: Path, tiny_demo_root: Path) -> None:
+    # A published set with a summary page and an elbow evaluation.
+    reports_dir = tmp_path / "reports"
+    (reports_dir / "metrics").mkdir(parents=True)
+    (reports_dir / "05_summary.html").write_text("summary of an earlier run")
+    (reports_dir / "01_data_exploration.html").write_text("old exploration")
+    (reports_dir / "metrics" / "elbow.json").write_text(json.dumps({"headline": {"kappa": {"value": 0.5}}}))
+    parameters = reports.load_parameters(overrides={"data_dir": str(tiny_demo_root), "body_parts": ["elbow"]})
+    index = reports.run_reports(parameters, reports_dir=reports_dir, only=["01_data_exploration"],
+                                progress=lambda _: None)
+    # The remade page replaced the old one; the others are still there and linked.
+    assert (reports_dir / "01_data_exploration.html").read_text() != "old exploration"
+    assert (reports_dir / "05_summary.html").read_text() == "summary of an earlier run"
+    assert (reports_dir / "executed" / "01_data_exploration.ipynb").is_file()
+    page = index.read_text()
+    links = re.findall(r'href="([^"]+\.html)"', page)
+    assert links == ["01_data_exploration.html", "05_summary.html"]
+    assert "from an earlier run" in page and "partial run" in page
+    assert "0.500" in page  # the earlier elbow kappa is still in the headline table
+    assert not list(reports_dir.glob(".build-*"))

@@ -11,6 +11,7 @@ with the headline metrics and how and when they were made.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import json
@@ -22,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -183,6 +184,30 @@ def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) ->
     return data_root
 
 
+KERNEL_LOG_FILENAME = "kernels-stderr.log"
+
+
+@contextlib.contextmanager
+def _stderr_to(log_path: Path) -> Iterator[None]:
+    """Send everything written to this process's stderr, and its kernels', to ``log_path``.
+
+    The kernels inherit the file descriptor, so TensorFlow's C++ start-up notices land in the
+    log instead of between the progress lines; errors still surface as exceptions.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _execute(job: ReportJob, executed_dir: Path) -> Path:
     """Execute one notebook with papermill; raise FractureLibError naming the failing cell."""
     import papermill
@@ -195,14 +220,15 @@ def _execute(job: ReportJob, executed_dir: Path) -> Path:
     parameters = {name: value for name, value in job.parameters.items() if name in declared}
     output = executed_dir / f"{job.output_stem}.ipynb"
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(output),
-            parameters=parameters,
-            kernel_name=config.KERNEL_NAME,
-            cwd=str(config.NOTEBOOKS_DIR),
-            progress_bar=False,
-        )
+        with _stderr_to(executed_dir / KERNEL_LOG_FILENAME):
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=parameters,
+                kernel_name=config.KERNEL_NAME,
+                cwd=str(config.NOTEBOOKS_DIR),
+                progress_bar=False,
+            )
     except PapermillExecutionError as error:
         message = str(error.evalue).strip().splitlines()
         detail = message[-1] if message else ""

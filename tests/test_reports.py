@@ -112,6 +112,9 @@ def test_make_reports_end_to_end(tmp_path: Path, tiny_demo_root: Path) -> None:
         assert (reports_dir / link).is_file(), f"broken link {link}"
     assert (reports_dir / "metrics" / "elbow.json").is_file()
     assert "[6/6] 05_summary done" in completed.stdout
+    # The kernels' TensorFlow notices go to a log beside the executed notebooks, not the terminal.
+    assert "oneDNN" not in completed.stdout + completed.stderr
+    assert "oneDNN" in (reports_dir / "executed" / reports.KERNEL_LOG_FILENAME).read_text()
 
 
 def test_html_drops_tensorflow_notices_but_keeps_real_warnings(tmp_path: Path) -> None:

@@ -90,11 +90,15 @@ def load_parameters(params_file: str | os.PathLike[str] = config.PARAMS_FILE,
         raise ParameterError(f"parameter file {path} is not valid YAML ({first_line}): fix its syntax") from None
     if not isinstance(parameters, dict):
         raise ParameterError(f"parameter file {path} must hold KEY: value lines")
-    for key, value in (overrides or {}).items():
+    parameters = validate_parameters(parameters, source=path)
+    if not overrides:
+        return parameters
+    for key, value in overrides.items():
         if key not in PARAMETER_TYPES:
             raise ParameterError(f"unknown parameter {key!r}: choose from {', '.join(PARAMETER_TYPES)}")
         parameters[key] = value
-    return validate_parameters(parameters, source=path)
+    # A bad value now comes from the command line, not from the file: say so.
+    return validate_parameters(parameters)
 
 
 def validate_parameters(parameters: dict[str, Any], source: Path | None = None) -> dict[str, Any]:

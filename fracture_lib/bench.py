@@ -200,7 +200,7 @@ class _EpochTimer:
 
     def fit(self, model: Any, data: Any, steps: int, batch_size: int) -> Measurement:
         """Train ``model`` for one epoch of ``steps`` steps and return the epoch's timing."""
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[self.callback])
+        model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[self.callback])
         seconds, cpu_seconds = self.epochs[-1]
         return Measurement(steps * batch_size, seconds, cpu_seconds)
 

@@ -339,8 +339,9 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     earlier_best = _prepare_work_dir(work_dir, monitor)
     callbacks = [*_callbacks(train_config, work_dir, earlier_best), *extra_callbacks]
     with _multi_worker_fit_fixes(model, strategy, train_data):
+        # The tf.data pipeline shuffles every epoch; Keras's own shuffle does not apply to a Dataset.
         model.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
-                  verbose=verbose if verbose in (0, 1, 2) else 1)
+                  shuffle=False, verbose=verbose if verbose in (0, 1, 2) else 1)
         history = _read_history(work_dir / "history.csv")
         best_metrics = _best_metrics(history, monitor)
         if earlier_best is not None and best_metrics.get(monitor, -np.inf) <= earlier_best:

@@ -83,3 +83,19 @@ def run_notebook(name: str, output_dir: Path, parameters: dict) -> Path:
         progress_bar=False,
     )
     return output_path
+
+
+def notebook_outputs(notebook) -> list[dict]:
+    """Every output of an executed notebook, cell by cell."""
+    return [output for cell in notebook.cells for output in cell.get("outputs", [])]
+
+
+def text_of(output: dict) -> str:
+    """The stream, plain-text, markdown and HTML content of one output."""
+    data = output.get("data", {})
+    return output.get("text", "") + data.get("text/plain", "") + data.get("text/markdown", "") + data.get("text/html", "")
+
+
+def notebook_text(notebook) -> str:
+    """All text-like outputs of an executed notebook, joined."""
+    return "\n".join(text_of(output) for output in notebook_outputs(notebook))

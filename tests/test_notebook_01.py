@@ -7,19 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import run_notebook
+from conftest import notebook_text, run_notebook
 from fracture_lib import mura
-
-
-def output_texts(notebook: nbformat.NotebookNode) -> list[str]:
-    """Every text, plain, markdown and HTML output of an executed notebook, cell by cell."""
-    texts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            texts.append(output.get("text", "") + data.get("text/plain", "") + data.get("text/markdown", "")
-                         + data.get("text/html", ""))
-    return texts
 
 
 @pytest.mark.slow
@@ -30,7 +19,7 @@ def test_notebook_01_explores_the_demo_set(tiny_demo_root: Path, tmp_path: Path)
         "SEED": 0,
     })
     executed = nbformat.read(output_path, as_version=4)
-    text = "\n".join(output_texts(executed))
+    text = notebook_text(executed)
     assert "SYNTHETIC DATA" in text
     # The parameters reached the index: only the requested parts, with the notebook's seed.
     index = mura.build_index(tiny_demo_root, parts=["elbow", "hand"], seed=0)

@@ -8,18 +8,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from conftest import run_notebook
+from conftest import notebook_outputs, run_notebook, text_of
 from fracture_lib import config, mura
 from fracture_lib.preprocess import PreprocessSettings, build_cache
-
-
-def _outputs(notebook: nbformat.NotebookNode) -> list[dict]:
-    return [output for cell in notebook.cells for output in cell.get("outputs", [])]
-
-
-def _text(output: dict) -> str:
-    data = output.get("data", {})
-    return output.get("text", "") + data.get("text/plain", "") + data.get("text/markdown", "") + data.get("text/html", "")
 
 
 @pytest.mark.slow
@@ -32,9 +23,9 @@ def test_notebook_02_shows_preprocessing_cache_and_speed(tiny_demo_root: Path, t
         "SEED": 0,
     })
     executed = nbformat.read(output_path, as_version=4)
-    outputs = _outputs(executed)
+    outputs = notebook_outputs(executed)
     assert not [output for output in outputs if output.get("output_type") == "error"]
-    text = "\n".join(_text(output) for output in outputs)
+    text = "\n".join(text_of(output) for output in outputs)
     assert "SYNTHETIC DATA" in text
     # The parameters reached the library: the requested parts and settings.
     index = mura.build_index(tiny_demo_root, parts=["elbow", "shoulder"], seed=0)
@@ -42,7 +33,7 @@ def test_notebook_02_shows_preprocessing_cache_and_speed(tiny_demo_root: Path, t
     assert "'img_size': 48, 'clahe': True" in text
     # Preprocessing examples (one row per part), two augmentation grids, the throughput chart.
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 4
-    geometry = next(_text(output) for output in outputs if "padding top / left" in _text(output))
+    geometry = next(text_of(output) for output in outputs if "padding top / left" in text_of(output))
     assert ">elbow<" in geometry and ">shoulder<" in geometry and "hand" not in geometry
     # The cache table: the second call reused the cache the notebook built (or found).
     assert "second call reused it: True" in text

@@ -8,18 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import run_notebook
+from conftest import notebook_text, run_notebook
 from fracture_lib import config
-
-
-def output_text(notebook: nbformat.NotebookNode) -> str:
-    """All stream, plain-text and markdown outputs of an executed notebook, joined."""
-    texts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            texts.extend([output.get("text", ""), data.get("text/plain", ""), data.get("text/markdown", "")])
-    return "\n".join(texts)
 
 
 @pytest.mark.slow
@@ -36,7 +26,7 @@ def test_notebook_06_scores_the_default_demo_image(tiny_runs, tiny_demo_root: Pa
         "DATA_DIR": str(tiny_demo_root),
     })
     executed = nbformat.read(output_path, as_version=4)
-    text = output_text(executed)
+    text = notebook_text(executed)
     # The default image is an abnormal elbow image of the given data root.
     assert "XR_ELBOW" in text and "positive" in text and str(tiny_demo_root) in text
     assert "SYNTHETIC DATA" in text

@@ -10,7 +10,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from conftest import run_notebook
+from conftest import notebook_outputs, notebook_text, run_notebook
 from fracture_lib import metrics
 
 # The notebooks write evaluation.json into the run: they evaluate copies in a models folder of
@@ -19,27 +19,12 @@ RUN_NAME = "tiny-evaluated"
 N_BOOTSTRAP = 40
 
 
-def outputs(notebook: nbformat.NotebookNode) -> list[dict]:
-    """Every output of an executed notebook."""
-    return [output for cell in notebook.cells for output in cell.get("outputs", [])]
-
-
-def output_text(notebook: nbformat.NotebookNode) -> str:
-    """All text, markdown and HTML outputs, joined."""
-    texts = []
-    for output in outputs(notebook):
-        data = output.get("data", {})
-        texts.append(output.get("text", "") + data.get("text/plain", "") + data.get("text/markdown", "")
-                     + data.get("text/html", ""))
-    return "\n".join(texts)
-
-
 def figure_count(notebook: nbformat.NotebookNode) -> int:
-    return sum("image/png" in output.get("data", {}) for output in outputs(notebook))
+    return sum("image/png" in output.get("data", {}) for output in notebook_outputs(notebook))
 
 
 def assert_no_errors(notebook: nbformat.NotebookNode) -> None:
-    errors = [output for output in outputs(notebook) if output.get("output_type") == "error"]
+    errors = [output for output in notebook_outputs(notebook) if output.get("output_type") == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
 
 
@@ -76,7 +61,7 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
 
     notebook = executed["04"]
     assert_no_errors(notebook)
-    text = output_text(notebook)
+    text = notebook_text(notebook)
     assert "SYNTHETIC DATA" in text
     # Learning curves, ROC/PR, confusion matrices, reliability, histograms, Grad-CAM gallery.
     assert figure_count(notebook) == 6
@@ -110,7 +95,7 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
 def test_notebook_05_summarises_and_reports_missing_parts(executed) -> None:
     notebook = executed["05"]
     assert_no_errors(notebook)
-    text = output_text(notebook)
+    text = notebook_text(notebook)
     assert "SYNTHETIC DATA" in text
     model_card = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert "not a medical device" in model_card and "Intended use" in model_card

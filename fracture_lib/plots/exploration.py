@@ -37,7 +37,8 @@ def _grouped_bars(axis, table: pd.DataFrame, colours: dict, labels: dict | None 
         if value_labels:
             axis.bar_label(bars, fmt="{:,.0f}", fontsize=7, padding=1)
     axis.set_xticks(positions, [str(name) for name in table.index])
-    axis.margins(y=0.12)
+    # Head room above the tallest bar for the one-row legend that callers place at the top.
+    axis.margins(y=0.3)
 
 
 def plot_counts_per_part(index: pd.DataFrame) -> Figure:
@@ -52,7 +53,7 @@ def plot_counts_per_part(index: pd.DataFrame) -> Figure:
         axis.set_xlabel("body part")
         axis.set_ylabel(f"number of {unit}")
         axis.set_title(f"{unit.capitalize()} per body part and label")
-        axis.legend(title="label")
+        axis.legend(title="label", ncol=len(table.columns), loc="upper left")
     figure.suptitle("Dataset composition (all splits)")
     return figure
 
@@ -161,6 +162,6 @@ def plot_split_summary(summary: pd.DataFrame) -> Figure:
     axes[1].set_title("Share of abnormal studies per split")
     for axis in axes:
         axis.set_xlabel("body part")
-        axis.legend(title="split")
+        axis.legend(title="split", ncol=len(splits), loc="upper left")
     figure.suptitle("Patient-level split: train / val (from MURA train) and test (MURA valid)")
     return figure

@@ -41,6 +41,7 @@ import numpy as np
 
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
+from fracture_lib.files import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -475,15 +476,11 @@ def bench_prediction(context: _Context) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    """The machine and library versions the figures were measured with."""
-    import cv2
-    import keras
-    import tensorflow as tf
+    """The machine and library versions the figures were measured with (as a training run records them)."""
+    from fracture_lib.train import library_versions
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-            "load_average_before": [round(value, 2) for value in os.getloadavg()]}
+    return {**library_versions(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "load_average_before": [round(value, 2) for value in os.getloadavg()]}
 
 
 def _targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -503,15 +500,7 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(results: dict[str, Any], out_path: str | os.PathLike[str]) -> Path:
     """Write the results as JSON: a temporary file in the same folder, renamed when complete."""
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(results, indent=2, allow_nan=False, default=_json_default))
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return write_text_atomically(out_path, json.dumps(results, indent=2, allow_nan=False, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

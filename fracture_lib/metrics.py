@@ -80,6 +80,7 @@ from sklearn.metrics import (
 
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
+from fracture_lib.files import write_text_atomically
 
 # The metrics of ``binary_metrics``, in the order tables show them.
 METRIC_NAMES: tuple[str, ...] = (
@@ -563,12 +564,8 @@ def _json_ready(value: Any) -> Any:
 
 
 def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
-    """Write ``document`` to a temporary sibling of ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(_json_ready(document), indent=2, allow_nan=False)
-    temporary.write_text(text + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    """Write ``document`` as JSON to a temporary sibling of ``path`` and rename it into place."""
+    write_text_atomically(path, json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
 
 
 def save_evaluation(result: EvaluationResult, run_dir: str | os.PathLike[str],

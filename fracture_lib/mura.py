@@ -40,6 +40,7 @@ import pandas as pd
 
 from fracture_lib import config
 from fracture_lib.errors import DataLayoutError, ImageReadError, ParameterError
+from fracture_lib.files import write_text_atomically
 
 INDEX_COLUMNS = ["path", "mura_split", "body_part", "patient", "study", "view", "label", "split"]
 MURA_SPLITS = ("train", "valid")
@@ -189,15 +190,7 @@ def index_fingerprint(index: pd.DataFrame) -> str:
 
 def save_index(index: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write the index as CSV atomically (temporary name in the same folder, then rename)."""
-    target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        index[INDEX_COLUMNS].to_csv(temporary, index=False)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return write_text_atomically(Path(path).expanduser().resolve(), index[INDEX_COLUMNS].to_csv(index=False))
 
 
 def load_index(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import yaml
 
 from fracture_lib import config
 from fracture_lib.errors import FractureLibError, ParameterError
+from fracture_lib.files import write_text_atomically
 
 # Parameters every params file must define, with the type each must have.
 PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
@@ -278,14 +279,7 @@ def export_html(executed_notebook: Path, html_path: Path, title: str) -> None:
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(notebook)
-    _write_text_atomically(html_path, body)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(html_path, body)
 
 
 def _git_description() -> str:
@@ -408,7 +402,7 @@ intervals are in each evaluation report.</p>
 </body></html>
 """
     path = build_dir / INDEX_FILENAME
-    _write_text_atomically(path, page)
+    write_text_atomically(path, page)
     return path
 
 

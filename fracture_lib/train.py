@@ -413,7 +413,7 @@ def _run_description(train_config: TrainConfig, model: keras.Model, data_root: P
         "images": {split: int((subset["split"] == split).sum()) for split in ("train", "val", "test")},
         "class_weights": {str(key): value for key, value in class_weights.items()},
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "versions": _library_versions(),
+        "versions": library_versions(),
     }
 
 
@@ -530,7 +530,7 @@ def _prediction_frame(frame: pd.DataFrame, probabilities: np.ndarray, run_config
     return result
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on."""
     import cv2
     import sklearn

@@ -521,21 +521,22 @@ def run_benchmarks(out_path: str | os.PathLike[str] | None = None, quick: bool =
     """
     import keras
 
-    from fracture_lib import mura, synthetic
+    from fracture_lib import datasets, synthetic
 
     started = time.perf_counter()
     if data_dir is None:
-        data_root = synthetic.ensure_demo_dataset(config.DEMO_DATA_ROOT)
+        source = datasets.resolve_source(synthetic.ensure_demo_dataset(config.DEMO_DATA_ROOT))
     else:
-        data_root = config.resolve_data_root(data_dir)
-    index = mura.build_index(data_root, seed=seed)
+        source = datasets.resolve_source(data_dir)
+    data_root = source.root
+    index = datasets.build_index(source, seed=seed)
     plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     if len(index) < plan.batch_size:
         raise ParameterError(f"{data_root} has only {len(index)} images: the benchmark needs at least {plan.batch_size}")
     keras.utils.set_random_seed(seed)
     results: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick,
                                "plan": asdict(plan), "machine": _machine(),
-                               "data": {"data_root": str(data_root), "synthetic": synthetic.is_synthetic(data_root),
+                               "data": {"data_root": str(data_root), "source": source.kind, "synthetic": source.synthetic,
                                         "images": len(index)}}
     log(f"benchmarking on {data_root} ({len(index)} images, {'synthetic' if results['data']['synthetic'] else 'real'}"
         f"{', quick plan' if quick else ''}); load average {results['machine']['load_average_before']}")

@@ -19,18 +19,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    """Build the MURA index, print its summary and write it as CSV."""
-    from fracture_lib import mura
+    """Index a data source, print its summary and what reading it found, and write it as CSV."""
+    import time
+    import warnings
 
+    from fracture_lib import datasets
+
+    started = time.perf_counter()
     # Paths typed on the command line are taken from the current folder, as a shell user expects.
-    index = mura.build_index(os.path.abspath(args.data_root), parts=args.parts, seed=args.seed,
-                             val_fraction=args.val_fraction, drop_missing=args.drop_missing,
-                             verify_images=args.verify_images)
-    mura.check_patient_disjoint(index)
-    print(mura.summarize_index(index).to_string(index=False))
-    out_path = mura.save_index(index, os.path.abspath(args.out))
-    print(f"{len(index)} images, {index['study'].nunique()} studies, {index['patient'].nunique()} patients; "
-          f"no patient in two splits; fingerprint {mura.index_fingerprint(index)}; written to {out_path}")
+    with warnings.catch_warnings():
+        # The report's notes are printed below; the same sentences as warnings would say them twice.
+        warnings.simplefilter("ignore", UserWarning)
+        indexed = datasets.index_source(os.path.abspath(args.data_root), parts=args.parts, seed=args.seed,
+                                        val_fraction=args.val_fraction, drop_missing=args.drop_missing,
+                                        verify_images=args.verify_images, keep_truncated=args.keep_truncated)
+    index = indexed.index
+    print(datasets.summarize_index(index).to_string(index=False))
+    for note in indexed.report.notes:
+        print(f"note: {note}")
+    out_path = datasets.save_index(index, os.path.abspath(args.out))
+    print(f"{indexed.source.name}: {len(index)} images, {index['study'].nunique()} studies, "
+          f"{index['patient'].nunique()} patients; no patient in two splits; fingerprint "
+          f"{datasets.index_fingerprint(index)}; {time.perf_counter() - started:.1f} s; written to {out_path}")
     return 0
 
 
@@ -89,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         clahe=args.clahe,
         patience=args.patience,
         parts=config.parse_body_parts(args.parts),
+        keep_truncated=args.keep_truncated,
     )
     result = train_model(train_config, models_dir=os.path.abspath(args.models_dir), verbose=args.verbose)
     metric = "val_auroc" if args.target == config.FRACTURE_TARGET else "val_accuracy"
@@ -114,6 +125,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if result.error is not None:
             print(f"error: {result.error}", file=sys.stderr)
     return 1 if any(result.error is not None for result in results) else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a fracture run on a split of its own data or, with --external, of another source."""
+    import json
+
+    from fracture_lib import evaluation, metrics, train
+
+    run = train.load_run(train.find_run(config.parse_body_parts(args.part)[0], args.run_name,
+                                        models_dir=os.path.abspath(args.models)))
+    result = evaluation.evaluate_run(run, os.path.abspath(args.data) if args.data else None, split=args.split,
+                                     external=args.external, aggregation=args.aggregation,
+                                     threshold_method=args.threshold_method, n_boot=args.n_bootstrap, seed=args.seed)
+    out_path = evaluation.save_run_evaluation(result, os.path.abspath(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(metrics.json_ready(result.to_dict()), allow_nan=False))
+    else:
+        print(result.summary())
+        print(f"written to {out_path}")
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -171,15 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    index = add("index", _cmd_index, "Index a MURA v1.1 data root into one tidy table with a patient-level split.")
-    index.add_argument("data_root", help="folder that contains MURA-v1.1/ (or the MURA-v1.1 folder itself)")
+    index = add("index", _cmd_index, "Index a data source (MURA, FracAtlas or a manifest CSV) into one tidy table with a patient-level split.")
+    index.add_argument("data_root", metavar="SOURCE",
+                       help="a folder that contains MURA-v1.1/, a FracAtlas folder, or a manifest CSV (path,label,...)")
     index.add_argument("--parts", default=None, help="comma-separated body parts (default: all present)")
     index.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the train/val split")
     index.add_argument("--val-fraction", type=float, default=config.DEFAULT_VAL_FRACTION,
-                       help="fraction of MURA-train patients moved to the validation split")
+                       help="fraction of MURA-train (or manifest) patients moved to the validation split")
     index.add_argument("--drop-missing", action="store_true",
                        help="drop listed images that are missing or unreadable instead of failing")
     index.add_argument("--verify-images", action="store_true", help="decode every image to find unreadable files")
+    index.add_argument("--keep-truncated", action="store_true",
+                       help="keep truncated JPEGs (left out by default: their grey-filled rows are an artefact)")
     index.add_argument("--out", required=True, help="CSV file to write")
 
     demo = add("demo-data", _cmd_demo_data, "Write the synthetic demo dataset in MURA v1.1's exact layout.")
@@ -195,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_options.add_train(add("train", _cmd_train, "Train a fracture model for one body part, or the body-part classifier."))
     cli_options.add_predict(add("predict", _cmd_predict, "Score radiographs or study folders: body part, fracture probability, decision."))
+    cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95% intervals, internal or external."))
     cli_options.add_models(add("models", _cmd_models, "List trained runs with their headline metrics."))
     cli_options.add_reports(add("reports", _cmd_reports, "Run every notebook headlessly and write the HTML reports."))
     cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline and training throughput."))

@@ -12,10 +12,14 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=[config.FRACTURE_TARGET, config.BODY_PART_TARGET],
                         default=config.FRACTURE_TARGET,
                         help="'fracture' trains one body part's abnormality model; 'body_part' the router")
-    parser.add_argument("--part", default=None, help="body part for --target fracture (elbow, hand, shoulder, ...)")
+    parser.add_argument("--part", default=None, help="body part for --target fracture (elbow, hand, shoulder, leg, ... as the data name it)")
     parser.add_argument("--parts", default=None,
                         help="classes of the body-part classifier (default elbow,hand,shoulder)")
-    parser.add_argument("--data", default=None, help="data root containing MURA-v1.1/ (default: real MURA if present, else demo)")
+    parser.add_argument("--data", default=None,
+                        help="data source: a folder containing MURA-v1.1/, a FracAtlas folder or a manifest CSV "
+                             "(default: real MURA if present, else the demo set)")
+    parser.add_argument("--keep-truncated", action="store_true",
+                        help="keep truncated JPEGs in the data (left out by default: their grey-filled rows are an artefact)")
     parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
     parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
     parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (early stopping may end sooner)")
@@ -38,6 +42,28 @@ def add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", default=None, help="skip the body-part classifier and use this part's model")
     parser.add_argument("--gradcam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image here")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
+
+
+def add_evaluate(parser: argparse.ArgumentParser) -> None:
+    """Options of ``evaluate``."""
+    parser.add_argument("--part", required=True, help="body part of the fracture model (elbow, hand, leg, ...)")
+    parser.add_argument("--run-name", default=None, help="run under models/<part>/ (default: the latest)")
+    parser.add_argument("--data", default=None,
+                        help="data source to score (MURA root, FracAtlas folder or manifest CSV); default: the run's own")
+    parser.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
+                        help="split to score (all: every image, with --external only)")
+    parser.add_argument("--external", action="store_true",
+                        help="score a source the run was not trained on (external validation; the threshold stays the run's own)")
+    parser.add_argument("--aggregation", default=None, choices=["mean", "max"],
+                        help="image -> study rule (default: the one of the run's evaluation.json, else mean)")
+    parser.add_argument("--threshold-method", default=None, choices=["fixed", "youden"],
+                        help="threshold chosen on the run's own validation split (default: as in evaluation.json, else fixed)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="patient resamples for the 95%% intervals")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the bootstrap")
+    parser.add_argument("--models", default=str(config.MODELS_DIR), help="folder of trained runs")
+    parser.add_argument("--out", default=None,
+                        help="JSON file to write (default models/<part>/<run>/evaluations/<internal|external>-<source>-<split>.json)")
+    parser.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
 
 
 def add_models(parser: argparse.ArgumentParser) -> None:

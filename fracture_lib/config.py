@@ -7,6 +7,7 @@ from the current working directory, so notebooks, the CLI and tests agree wherev
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -60,6 +61,9 @@ DEFAULT_BODY_PARTS: tuple[str, ...] = ("elbow", "hand", "shoulder")
 BODY_PART_TARGET = "body_part"
 FRACTURE_TARGET = "fracture"
 
+# A body-part name as tables, folders and ``--parts`` spell it.
+BODY_PART_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
 KERNEL_NAME = "fracture"
 DEFAULT_SEED = 42
 DEFAULT_VAL_FRACTION = 0.125
@@ -92,11 +96,14 @@ def resolve_data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return root
 
 
-def parse_body_parts(value: str | Iterable[str] | None, allowed: Iterable[str] = ALL_BODY_PARTS) -> tuple[str, ...]:
-    """Parse ``"elbow,hand"`` or ``["elbow", "hand"]`` into a tuple of known body parts.
+def parse_body_parts(value: str | Iterable[str] | None, allowed: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Parse ``"elbow,hand"`` or ``["elbow", "hand"]`` into a tuple of body-part names.
 
     ``None`` gives the default parts. Names are case-insensitive and may carry MURA's ``XR_``
-    prefix. An unknown name raises ``ParameterError`` listing the valid ones.
+    prefix. Any lower-case name is accepted (MURA's seven study types and whatever another
+    source names, such as FracAtlas's ``leg`` and ``hip``); whether the data hold that part is
+    checked where the data are read. ``allowed`` restricts the names (the demo generator draws
+    only its own parts); a malformed or disallowed name raises ``ParameterError``.
     """
     if value is None:
         return DEFAULT_BODY_PARTS
@@ -104,18 +111,25 @@ def parse_body_parts(value: str | Iterable[str] | None, allowed: Iterable[str] =
         items = [item for item in value.replace(" ", ",").split(",") if item]
     else:
         items = [str(item) for item in value]
-    allowed = tuple(allowed)
+    allowed = None if allowed is None else tuple(allowed)
     parts: list[str] = []
     for item in items:
-        name = item.strip().lower()
-        if name.startswith("xr_"):
-            name = name[3:]
-        if name not in allowed:
+        name = normalise_body_part(item)
+        if allowed is not None and name not in allowed:
+            raise ParameterError(f"unknown body part {item!r}: choose from {', '.join(allowed)}")
+        if not BODY_PART_PATTERN.fullmatch(name):
             raise ParameterError(
-                f"unknown body part {item!r}: choose from {', '.join(allowed)}"
+                f"unknown body part {item!r}: a body part is a lower-case name such as "
+                f"{', '.join(DEFAULT_BODY_PARTS)}, leg or hip (letters, digits, '_' and '-')"
             )
         if name not in parts:
             parts.append(name)
     if not parts:
-        raise ParameterError("no body part given: choose from " + ", ".join(allowed))
+        raise ParameterError("no body part given: choose from " + ", ".join(allowed or ALL_BODY_PARTS))
     return tuple(parts)
+
+
+def normalise_body_part(name: object) -> str:
+    """``"XR_ELBOW"``, ``" Elbow "`` -> ``"elbow"``: the spelling every table and folder uses."""
+    text = str(name).strip().lower()
+    return text[3:] if text.startswith("xr_") else text

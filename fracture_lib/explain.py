@@ -1,12 +1,12 @@
-"""Grad-CAM explanations, overlays, and the pointing game on the synthetic fractures.
+"""Grad-CAM explanations, overlays, and the pointing game on known fracture boxes.
 
 Grad-CAM (Selvaraju et al. 2017) weighs each channel of the last convolutional layer by the mean
 gradient of the class score (taken before the output's sigmoid or softmax) with respect to it;
 the positive part of the weighted sum, scaled to [0, 1] per image and upsampled to the input
 size, shows which regions pushed the decision.
 
-The pointing game asks whether the heatmap's peak falls inside the synthetic fracture's bounding
-box. Boxes in ``fracture_boxes.csv`` are in pixels of the saved (original) image, heatmaps in the
+The pointing game asks whether the heatmap's peak falls inside a fracture's bounding box: the
+demo set's drawn fractures, or FracAtlas's outlines (``datasets.load_fracture_boxes``). Boxes are in pixels of the saved (original) image, heatmaps in the
 model's square input (``preprocess.preprocess_image``: aspect-preserving resize, then zero padding
 to a centred ``img_size`` square); ``box_to_model_coordinates`` maps one onto the other. The hit
 rate is reported beside the chance rate (the mean share of the square a box covers: the hit rate
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fracture_lib import preprocess, synthetic
+from fracture_lib import preprocess
 from fracture_lib.errors import ParameterError
 
 BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
@@ -224,13 +224,17 @@ def model_boxes(boxes: pd.DataFrame, shapes: dict[str, tuple[int, int]], img_siz
 
 
 def load_model_boxes(data_root: str | os.PathLike[str], paths: Sequence[str], img_size: int) -> pd.DataFrame:
-    """The synthetic fracture boxes of ``paths`` (index paths), mapped to the model's square.
+    """The fracture boxes of ``paths`` (index paths), mapped to the model's square.
 
-    Reads ``fracture_boxes.csv`` and each boxed image's size; an empty frame when the data have
-    no boxes (real MURA).
+    ``data_root`` is a data source (or its root): the demo set's ``fracture_boxes.csv`` or
+    FracAtlas's outlines (``datasets.load_fracture_boxes``), with each boxed image's size; an empty
+    frame when the data have no boxes (real MURA, manifests).
     """
-    root = Path(data_root)
-    boxes = synthetic.load_fracture_boxes(root)
+    from fracture_lib import datasets
+
+    source = datasets.resolve_source(data_root)
+    root = source.root
+    boxes = datasets.load_fracture_boxes(source)
     if boxes.empty:
         return pd.DataFrame(columns=["path", *BOX_COLUMNS])
     boxes = boxes[boxes["path"].isin(set(paths))]
@@ -306,13 +310,16 @@ def explain_paths(model, data_root: str | os.PathLike[str], paths: Sequence[str]
     size = int(settings.img_size)
     if len(paths) == 0:
         return np.zeros((0, size, size), np.uint8), np.zeros((0, size, size), np.float32)
-    images = np.stack([preprocess.load_and_preprocess(Path(data_root) / path, settings) for path in paths])
+    from fracture_lib import datasets
+
+    root = datasets.resolve_source(data_root).root
+    images = np.stack([preprocess.load_and_preprocess(root / path, settings) for path in paths])
     return images, gradcam(model, images, layer_name)
 
 
 def pointing_game_for_paths(model, data_root: str | os.PathLike[str], paths: Sequence[str], settings,
                             layer_name: str | None = None, tolerance: float = 0.0) -> tuple[dict[str, float], pd.DataFrame]:
-    """Play the pointing game on the images at ``paths`` that have a synthetic fracture box.
+    """Play the pointing game on the images at ``paths`` that have a fracture box (demo set, FracAtlas).
 
     Returns the ``pointing_game`` summary and one row per boxed image (``path``, ``peak_row``,
     ``peak_col``, ``hit``, ``box_share``). Without boxes (real MURA) the summary has ``n == 0``.

@@ -546,12 +546,12 @@ def most_confident_mistakes(predictions: pd.DataFrame, threshold: float, count: 
 # --------------------------------------------------------------------------------------------
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """``value`` with NumPy numbers made plain and NaN/inf made ``None``, recursively."""
     if isinstance(value, Mapping):
-        return {str(key): _json_ready(item) for key, item in value.items()}
+        return {str(key): json_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
+        return [json_ready(item) for item in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -565,7 +565,7 @@ def _json_ready(value: Any) -> Any:
 
 def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
     """Write ``document`` as JSON to a temporary sibling of ``path`` and rename it into place."""
-    write_text_atomically(path, json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(json_ready(document), indent=2, allow_nan=False) + "\n")
 
 
 def save_evaluation(result: EvaluationResult, run_dir: str | os.PathLike[str],

@@ -54,11 +54,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fracture_lib import config
+from fracture_lib import config, imageio
 from fracture_lib.errors import FractureLibError, ImageReadError, ModelNotFoundError, ParameterError
 
 # File types a study folder is searched for (case-insensitive); other files are ignored.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES
 ABNORMAL = "abnormal"
 NORMAL = "normal"
 DEFAULT_THRESHOLD = 0.5
@@ -290,6 +290,22 @@ class Predictor:
             ) from error
         return train.load_run(run_dir)
 
+    def trained_parts(self) -> list[str]:
+        """The body parts that have at least one trained fracture run here."""
+        return sorted(child.name for child in self.models_dir.iterdir()
+                      if child.is_dir() and child.name != config.BODY_PART_TARGET and _run_names(child))
+
+    def check_part(self, part: str) -> None:
+        """Raise ``ParameterError`` for a part that is neither MURA's nor has a trained model here.
+
+        (A MURA part without a model is not a usage error: each input then says which model to train.)
+        """
+        if part not in config.ALL_BODY_PARTS and not _run_names(self.models_dir / part):
+            trained = ", ".join(self.trained_parts()) or "none"
+            raise ParameterError(f"unknown body part {part!r}: no fracture model was trained for it in "
+                                 f"{self.models_dir} (trained: {trained}); train one with "
+                                 f"`python -m fracture_lib train --part {part}`")
+
     def score(self, path: str | os.PathLike[str], part: str | None = None) -> PredictionResult:
         """Score one image file or study folder; a bad input gives a result with ``error`` set.
 
@@ -316,6 +332,9 @@ class Predictor:
             result.body_part, result.body_part_source = part, "override"
         else:
             self._route(result, image_paths)
+        # Truncated JPEGs are scored (decoded as the cache decodes them), with a note saying so.
+        for image_path in image_paths:
+            result.notes.extend(f"{image_path.name}: {note}" for note in imageio.decode_notes(image_path))
         model = self.scoring_model(result.body_part)
         self._describe_run(result, model)
         images = np.stack([model.preprocess(image_path) for image_path in image_paths])
@@ -454,6 +473,8 @@ def predict_paths(paths: Iterable[str | os.PathLike[str]], models_dir: str | os.
     if part is not None:
         part = config.parse_body_parts(part)[0]  # a usage error: fail before loading anything
     predictor = Predictor(models_dir, run_name=run_name, gradcam_dir=gradcam_dir)
+    if part is not None:
+        predictor.check_part(part)
     return predictor.score_all(paths, part=part)
 
 
@@ -516,18 +537,18 @@ def demo_image_path(data_dir: str | os.PathLike[str] | None = None, body_part: s
     are tried, held-out ones first. ``data_dir=None`` means the real MURA when present, else the
     demo set (generated if missing).
     """
-    from fracture_lib import mura, synthetic
+    from fracture_lib import datasets, synthetic
 
     if data_dir is None and not config.real_data_available():
-        data_root = synthetic.ensure_demo_dataset()
+        source = datasets.resolve_source(synthetic.ensure_demo_dataset())
     else:
-        data_root = config.resolve_data_root(data_dir)
-    index = mura.build_index(data_root, parts=[body_part])
+        source = datasets.resolve_source(data_dir)
+    index = datasets.build_index(source, parts=[body_part])
     for candidate in dict.fromkeys((split, "test", "val", "train")):
         rows = index[(index["split"] == candidate) & (index["label"] == label)]
         if not rows.empty:
-            return data_root / rows["path"].iloc[0]
-    raise ParameterError(f"no {body_part!r} image with label {label} in {data_root}: pass IMAGE_PATH")
+            return source.root / rows["path"].iloc[0]
+    raise ParameterError(f"no {body_part!r} image with label {label} in {source.location}: pass IMAGE_PATH")
 
 
 # --- Listing the trained runs ---------------------------------------------------------------

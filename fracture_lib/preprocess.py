@@ -32,14 +32,13 @@ import pandas as pd
 
 from fracture_lib import config
 from fracture_lib.errors import FractureLibError, ImageReadError, ParameterError
+# The one decoder (re-exported: callers have long used preprocess.load_image).
+from fracture_lib.imageio import load_image, to_grey_uint8  # noqa: F401
 
 # Bump when the preprocessing maths change, so old caches are not reused.
 CACHE_FORMAT_VERSION = 2
 IMAGES_FILENAME = "images.npy"
 MANIFEST_FILENAME = "manifest.json"
-# Keep 8/16-bit depth and colour as stored, and apply a JPEG's EXIF orientation (photographed
-# films are often stored sideways); the alpha channel of RGBA files is ignored.
-_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 @dataclass(frozen=True)
@@ -71,56 +70,6 @@ class PreprocessSettings:
         """Rebuild settings saved with ``to_dict`` (unknown keys are ignored)."""
         known = {key: values[key] for key in ("img_size", "clahe", "clahe_clip_limit", "clahe_tile_grid") if key in values}
         return cls(**known)
-
-
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read any MURA-like image (PNG/JPEG, 8/16-bit, grey/RGB/RGBA) as 8-bit greyscale (H, W).
-
-    Colour is converted with OpenCV's luminance weights. 16-bit (and floating-point) images are
-    stretched from their own minimum-maximum range to 0..255, because X-ray detectors rarely use
-    the full 16-bit range (a plain division by 257 would leave a 12-bit image almost black).
-    The bytes are read with NumPy, so paths with non-ASCII characters work on every platform.
-    A missing, empty or undecodable file raises ``ImageReadError`` naming it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "file not found: check the path")
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as error:
-        raise ImageReadError(path, f"{error.strerror or error}: check the file's permissions") from None
-    if data.size == 0:
-        raise ImageReadError(path, "the file is empty: replace it with a valid PNG or JPEG")
-    try:
-        image = cv2.imdecode(data, _DECODE_FLAGS)
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
-        raise ImageReadError(path, "not a decodable PNG or JPEG image: replace or remove the file")
-    return to_grey_uint8(image)
-
-
-def to_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Convert a decoded image of any depth and channel count to 8-bit greyscale (H, W)."""
-    image = np.asarray(image)
-    if image.ndim == 3:
-        channels = image.shape[2]
-        if channels == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-        elif channels == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        else:
-            image = image[:, :, 0]
-    if image.ndim != 2:
-        raise ParameterError(f"expected a 2-D greyscale or 3-D colour image, got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    # Deeper images (16-bit, float) are stretched from their own range to 0..255.
-    values = image.astype(np.float32)
-    low, high = float(values.min()), float(values.max())
-    if not high > low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
 def letterbox_geometry(height: int, width: int, img_size: int) -> tuple[float, int, int]:
@@ -269,7 +218,7 @@ def build_cache(index: pd.DataFrame, data_root: str | os.PathLike[str], settings
     if not isinstance(settings, PreprocessSettings):
         raise ParameterError(f"settings must be a PreprocessSettings, got {type(settings).__name__}")
     if "path" not in index.columns:
-        raise ParameterError("the index has no 'path' column: build it with fracture_lib.mura.build_index")
+        raise ParameterError("the index has no 'path' column: build it with fracture_lib.datasets.build_index")
     if len(index) == 0:
         raise ParameterError("the index is empty: check the data root and the body parts")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -314,7 +263,7 @@ def _index_fingerprint(index: pd.DataFrame) -> str | None:
     """The index's fingerprint (recorded in the manifest for reference), when it has the columns."""
     if not {"path", "label", "split"} <= set(index.columns):
         return None
-    from fracture_lib.mura import index_fingerprint
+    from fracture_lib.datasets import index_fingerprint
 
     return index_fingerprint(index)
 

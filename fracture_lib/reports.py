@@ -139,8 +139,13 @@ def validate_parameters(parameters: dict[str, Any], source: Path | None = None) 
     return normalised
 
 
-def plan_reports(parameters: dict[str, Any]) -> list[ReportJob]:
-    """List the notebook executions of a full report run, in order."""
+def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = None) -> list[ReportJob]:
+    """List the notebook executions of a full report run, in order.
+
+    ``router_parts`` are the classes of the body-part classifier (``train.router_parts`` of the
+    data); None means the three default parts plus any other part asked for. With fewer than two
+    the classifier is not trained.
+    """
     parts = list(parameters["body_parts"])
     common = {key.upper(): value for key, value in parameters.items()}
     jobs = [
@@ -150,12 +155,14 @@ def plan_reports(parameters: dict[str, Any]) -> list[ReportJob]:
     for part in parts:
         jobs.append(ReportJob("03_train", f"03_train_{part}", f"Training: {part} fracture model",
                               {**common, "BODY_PART": part, "TARGET": config.FRACTURE_TARGET}))
-    # The router always tells the three default parts apart (plus any other part asked for), so
-    # that a run restricted to one fracture model still trains a usable body-part classifier.
-    router_parts = list(dict.fromkeys([*config.DEFAULT_BODY_PARTS, *parts]))
-    jobs.append(ReportJob("03_train", f"03_train_{config.BODY_PART_TARGET}", "Training: body-part classifier",
-                          {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET,
-                           "BODY_PARTS": router_parts}))
+    # The router tells apart every part the data hold enough of, so that a run restricted to one
+    # fracture model still trains a usable body-part classifier.
+    if router_parts is None:
+        router_parts = list(dict.fromkeys([*config.DEFAULT_BODY_PARTS, *parts]))
+    if len(router_parts) >= 2:
+        jobs.append(ReportJob("03_train", f"03_train_{config.BODY_PART_TARGET}", "Training: body-part classifier",
+                              {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET,
+                               "BODY_PARTS": list(router_parts)}))
     for part in parts:
         jobs.append(ReportJob("04_evaluate", f"04_evaluate_{part}", f"Evaluation: {part}",
                               {**common, "BODY_PART": part}))
@@ -170,23 +177,22 @@ def _declared_parameters(notebook_path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook_path)).keys())
 
 
-def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) -> Path:
-    """Resolve the data root; generate the demo set first when the real MURA is absent."""
-    data_root = config.resolve_data_root(parameters["data_dir"])
-    if data_root == config.DEMO_DATA_ROOT and parameters["data_dir"] in (None, "") and not config.real_data_available():
+def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) -> Any:
+    """Resolve the data source; generate the demo set first when the real MURA is absent."""
+    from fracture_lib import datasets
+
+    source = datasets.resolve_source(parameters["data_dir"])
+    if source.root == config.DEMO_DATA_ROOT and parameters["data_dir"] in (None, "") and not config.real_data_available():
         from fracture_lib import synthetic
 
-        progress(f"data/{config.MURA_DIRNAME} not found: using the synthetic demo set in {data_root}")
+        progress(f"data/{config.MURA_DIRNAME} not found: using the synthetic demo set in {source.root}")
         kwargs: dict[str, Any] = {"seed": parameters["seed"]}
         if parameters["demo_patients"] is not None:
             kwargs["patients"] = parameters["demo_patients"]
         started = time.perf_counter()
-        synthetic.ensure_demo_dataset(data_root, **kwargs)
+        synthetic.ensure_demo_dataset(source.root, **kwargs)
         progress(f"demo set ready in {time.perf_counter() - started:.1f} s")
-    elif not (data_root / config.MURA_DIRNAME).is_dir():
-        raise FractureLibError(
-            f"no {config.MURA_DIRNAME}/ folder in {data_root}: unzip MURA there or leave data_dir empty for the demo set")
-    return data_root
+    return source
 
 
 KERNEL_LOG_FILENAME = "kernels-stderr.log"
@@ -321,7 +327,8 @@ def _headline_metrics(build_dir: Path, parameters: dict[str, Any], earlier_dir: 
 
 def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, Any], data_root: Path,
                 synthetic_data: bool, started: dt.datetime, command: str,
-                earlier_dir: Path | None = None) -> Path:
+                earlier_dir: Path | None = None, source_name: str = "MURA v1.1",
+                router_parts: list[str] | None = None) -> Path:
     """Write ``index.html``: links to every report, headline metrics, and how the set was made.
 
     For a partial run (``--only``), ``earlier_dir`` is the published set: its pages that this run
@@ -337,7 +344,8 @@ def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, An
     listed = list(jobs)
     if earlier_dir is not None:
         remade = {job.output_stem for job in jobs}
-        listed = [job for job in plan_reports(parameters)
+        planned = plan_reports(parameters, router_parts)
+        listed = [job for job in planned
                   if job.output_stem in remade or (earlier_dir / f"{job.output_stem}.html").is_file()]
         listed = [next((run for run in jobs if run.output_stem == job.output_stem), job) for job in listed]
     report_rows = "\n".join(
@@ -376,7 +384,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 .number {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .banner {{ background: #fff3cd; border: 1px solid #e0b000; padding: 0.8em; }}
 </style></head><body>
-<h1>Fracture detection on MURA v1.1: reports</h1>
+<h1>Fracture detection reports: {html.escape(source_name)}</h1>
 {banner}
 <h2>Headline metrics</h2>
 {metrics_table}
@@ -394,7 +402,7 @@ intervals are in each evaluation report.</p>
 <tr><td>command</td><td><code>{html.escape(command)}</code></td></tr>
 {partial_row}
 <tr><td>code version</td><td>{html.escape(_git_description())}</td></tr>
-<tr><td>data root</td><td><code>{html.escape(str(data_root))}</code>{" (synthetic demo data)" if synthetic_data else ""}</td></tr>
+<tr><td>data</td><td>{html.escape(source_name)}: <code>{html.escape(str(data_root))}</code>{" (synthetic demo data)" if synthetic_data else ""}</td></tr>
 <tr><td>Python</td><td>{html.escape(platform.python_version())} on {html.escape(platform.platform())}</td></tr>
 </table>
 <h3>Parameters</h3>
@@ -441,19 +449,37 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
     reports_dir = config.resolve_path(reports_dir or config.REPORTS_DIR)
     reports_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
-    jobs = plan_reports(parameters)
+    import warnings
+
+    from fracture_lib import datasets
+
+    source = _ensure_data(parameters, progress)
+    # Read the source once now: a source that cannot be read fails before any notebook runs, and
+    # the body-part classifier learns the parts it holds enough of.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # notebook 01 reports the source's quirks
+        index = datasets.build_index(source, seed=parameters["seed"])
+    absent = [part for part in parameters["body_parts"] if part not in set(index["body_part"])]
+    if absent:
+        present = ", ".join(datasets.sort_parts(index["body_part"].unique()))
+        raise ParameterError(f"{source.name} at {source.location} has no images of {', '.join(absent)} "
+                             f"(present: {present}): choose PARTS from those")
+    router_parts = datasets.classifier_parts(index)
+    if len(router_parts) < 2:
+        progress(f"{source.name} holds enough images of {len(router_parts)} body part(s) only "
+                 f"({', '.join(router_parts) or 'none'}): the body-part classifier is not trained; "
+                 "`predict` then needs --part")
+    jobs = plan_reports(parameters, router_parts)
     if only:
         prefixes = tuple(item.strip() for item in only if item.strip())
         jobs = [job for job in jobs if job.output_stem.startswith(prefixes) or job.notebook.startswith(prefixes)]
         if not jobs:
             raise ParameterError(f"--only {','.join(prefixes)} matches no notebook: use stems like 01_data_exploration")
 
-    data_root = _ensure_data(parameters, progress)
-    from fracture_lib.synthetic import is_synthetic
-
-    synthetic_data = is_synthetic(data_root)
+    data_root = source.location
+    synthetic_data = source.synthetic
     for job in jobs:
-        job.parameters["DATA_DIR"] = str(data_root)
+        job.parameters["DATA_DIR"] = str(source.location)
 
     build_dir = reports_dir / f".build-{started.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     executed_dir = build_dir / EXECUTED_DIRNAME
@@ -470,7 +496,8 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
             job.seconds = time.perf_counter() - start
             progress(f"[{number}/{len(jobs)}] {job.output_stem} done in {job.seconds:.1f} s")
         index = write_index(build_dir, jobs, parameters, data_root, synthetic_data, started, command,
-                            earlier_dir=reports_dir if only else None)
+                            earlier_dir=reports_dir if only else None, source_name=source.name,
+                            router_parts=router_parts)
     except BaseException:
         failed = reports_dir / FAILED_BUILD_DIRNAME
         shutil.rmtree(failed, ignore_errors=True)

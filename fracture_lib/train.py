@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, mura, synthetic
+from fracture_lib import config, datasets, synthetic
 from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
 from fracture_lib.models import build_model, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
@@ -69,6 +69,7 @@ class TrainConfig:
     val_fraction: float = config.DEFAULT_VAL_FRACTION
     dropout_rate: float | None = None  # None: the architecture's default (models.DEFAULT_DROPOUT_RATE)
     parts: tuple[str, ...] = config.DEFAULT_BODY_PARTS
+    keep_truncated: bool = False  # keep truncated JPEGs in the index (see fracture_lib.imageio)
 
     def validate(self) -> None:
         """Raise ``ParameterError`` for any value that cannot work."""
@@ -190,28 +191,31 @@ def _balanced_class_weights(labels: np.ndarray, count: int) -> dict[int, float]:
     return {index: (1.0 / (count * frequency) if frequency > 0 else 0.0) for index, frequency in enumerate(frequencies)}
 
 
-def prepare_data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Resolve the data root (``config.resolve_data_root``); generate the demo set there when it is the demo root.
+def prepare_data_root(data_dir: str | os.PathLike[str] | None = None) -> datasets.DataSource:
+    """Resolve the data source (``datasets.resolve_source``); generate the demo set when it is the demo root.
 
     The demo set is generated only when it is missing or was made by another generator version.
     """
-    data_root = config.resolve_data_root(data_dir)
-    if data_root.resolve() == config.DEMO_DATA_ROOT.resolve():
-        synthetic.ensure_demo_dataset(data_root)
-    return data_root
+    source = datasets.resolve_source(data_dir)
+    if source.kind == "mura" and source.root.resolve() == config.DEMO_DATA_ROOT.resolve():
+        synthetic.ensure_demo_dataset(source.root)
+    return source
 
 
-def training_index(train_config: TrainConfig) -> tuple[Path, pd.DataFrame]:
-    """Return the data root and the index rows a run uses (its body part, or the classifier's parts)."""
+def training_index(train_config: TrainConfig) -> tuple[datasets.DataSource, pd.DataFrame]:
+    """Return the data source and the index rows a run uses (its body part, or the classifier's parts)."""
     train_config.validate()
-    data_root = prepare_data_root(train_config.data_dir)
-    # Index every part so the patient split is the same for every model trained on this root.
-    index = mura.build_index(data_root, seed=train_config.seed, val_fraction=train_config.val_fraction)
+    source = prepare_data_root(train_config.data_dir)
+    # Index every part so the patient split is the same for every model trained on this source.
+    index = datasets.build_index(source, seed=train_config.seed, val_fraction=train_config.val_fraction,
+                                 keep_truncated=train_config.keep_truncated)
     wanted = [train_config.body_part] if train_config.target == config.FRACTURE_TARGET else list(train_config.parts)
     missing = sorted(set(wanted) - set(index["body_part"]))
     if missing:
-        raise FractureLibError(f"no images of {', '.join(missing)} in {data_root}: choose parts the data contain")
-    return data_root, index[index["body_part"].isin(wanted)].reset_index(drop=True)
+        present = ", ".join(datasets.sort_parts(index["body_part"].unique()))
+        raise FractureLibError(f"no images of {', '.join(missing)} in {source.location} (present: {present}): "
+                               "choose parts the data contain")
+    return source, index[index["body_part"].isin(wanted)].reset_index(drop=True)
 
 
 def dataset_summary(train_config: TrainConfig) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -305,8 +309,8 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     # The strategy must exist before other TensorFlow work when several workers cooperate.
     strategy = choose_strategy()
     keras.utils.set_random_seed(train_config.seed)
-    data_root, subset = training_index(train_config)
-    cache = build_cache(subset, data_root, train_config.preprocess_settings(), progress=verbose > 0)
+    source, subset = training_index(train_config)
+    cache = build_cache(subset, source.root, train_config.preprocess_settings(), progress=verbose > 0)
     train_images, train_frame = cache.select("train")
     val_images, val_frame = cache.select("val")
     train_targets, val_targets = _targets(train_frame, train_config), _targets(val_frame, train_config)
@@ -351,7 +355,7 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
     seconds = time.perf_counter() - started
     run_config = {
-        **_run_description(train_config, model, data_root, subset, class_weights),
+        **_run_description(train_config, model, source, subset, class_weights),
         "global_batch_size": global_batch,
         "replicas": replicas,
         "strategy": _strategy_name(strategy),
@@ -396,7 +400,7 @@ def _callbacks(train_config: TrainConfig, work_dir: Path, earlier_best: float | 
     ]
 
 
-def _run_description(train_config: TrainConfig, model: keras.Model, data_root: Path, subset: pd.DataFrame,
+def _run_description(train_config: TrainConfig, model: keras.Model, source: datasets.DataSource, subset: pd.DataFrame,
                      class_weights: dict[int, float]) -> dict[str, Any]:
     """What ``config.json`` records besides the training outcome: parameters, data, model and versions."""
     return {
@@ -407,9 +411,10 @@ def _run_description(train_config: TrainConfig, model: keras.Model, data_root: P
         "preprocess": train_config.preprocess_settings().to_dict(),
         "augment": train_config.augment_settings().to_dict(),
         "last_conv_layer": last_conv_layer_name(model),
-        "index_fingerprint": mura.index_fingerprint(subset),
-        "data_root": str(data_root),
-        "synthetic_data": synthetic.is_synthetic(data_root),
+        "index_fingerprint": datasets.index_fingerprint(subset),
+        "data_root": str(source.root),
+        "data_source": source.to_dict(),
+        "synthetic_data": source.synthetic,
         "images": {split: int((subset["split"] == split).sum()) for split in ("train", "val", "test")},
         "class_weights": {str(key): value for key, value in class_weights.items()},
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -567,6 +572,19 @@ def find_run(name: str, run_name: str | None = None, models_dir: str | os.PathLi
     return max(candidates, key=lambda path: path.stat().st_mtime).parent
 
 
+def run_configs(names: Sequence[str], run_name: str | None = None,
+                models_dir: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The ``config.json`` of the run of each name that has one (models are not loaded)."""
+    configs = {}
+    for name in names:
+        try:
+            run_dir = find_run(name, run_name, models_dir)
+            configs[name] = json.loads((run_dir / "config.json").read_text())
+        except (ModelNotFoundError, OSError, ValueError):
+            continue
+    return configs
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     """Load a run's model (Keras safe mode), its configuration and its decision threshold."""
     run_dir = Path(run_dir)
@@ -598,7 +616,7 @@ def _read_threshold(run_dir: Path) -> float:
         raise ModelNotFoundError(f"cannot read {evaluation_path} ({error}): run notebook 04 again or delete the file") from None
 
 
-def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathLike[str], split: str = "test",
+def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathLike[str] | datasets.DataSource, split: str = "test",
                   cache_dir: str | os.PathLike[str] | None = None, batch_size: int = 64) -> pd.DataFrame:
     """Predict one split of ``index`` with ``run``, images taken from the cache with the run's settings.
 
@@ -611,7 +629,8 @@ def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathL
     subset = index[index["body_part"].isin(wanted)].reset_index(drop=True)
     if not (subset["split"] == split).any():
         raise FractureLibError(f"the {split} split has no images of {', '.join(wanted)} in {data_root}")
-    cache = build_cache(subset, data_root, run.preprocess, cache_dir=cache_dir, progress=False)
+    root = datasets.resolve_source(data_root).root
+    cache = build_cache(subset, root, run.preprocess, cache_dir=cache_dir, progress=False)
     images, frame = cache.select(split)
     probabilities = predict_images(run.model, images, batch_size=batch_size)
     return _prediction_frame(frame, probabilities, run.config)

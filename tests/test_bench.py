@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracture_lib import bench, mura
+from fracture_lib import bench, datasets
 
 
 def test_naive_loader_visits_every_image_once_per_epoch(tiny_demo_root: Path) -> None:
-    index = mura.build_index(tiny_demo_root, seed=0).head(10)
+    index = datasets.build_index(tiny_demo_root, seed=0).head(10)
     paths = [tiny_demo_root / path for path in index["path"]]
     labels = np.arange(len(paths), dtype=np.float32)
     batches = list(bench.naive_batches(paths, labels, img_size=48, batch_size=4, seed=0, epochs=2))

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from conftest import notebook_text, run_notebook
-from fracture_lib import mura
+from fracture_lib import datasets
 
 
 @pytest.mark.slow
@@ -22,11 +22,11 @@ def test_notebook_01_explores_the_demo_set(tiny_demo_root: Path, tmp_path: Path)
     text = notebook_text(executed)
     assert "SYNTHETIC DATA" in text
     # The parameters reached the index: only the requested parts, with the notebook's seed.
-    index = mura.build_index(tiny_demo_root, parts=["elbow", "hand"], seed=0)
+    index = datasets.build_index(tiny_demo_root, parts=["elbow", "hand"], seed=0)
     assert f"{len(index):,} images, {index['study'].nunique():,} studies" in text
     assert "body parts: elbow, hand\n" in text
     assert "Leakage check passed" in text
-    assert f"Index fingerprint: {mura.index_fingerprint(index)}" in text
+    assert f"Index fingerprint: {datasets.index_fingerprint(index)}" in text
     # The split summary table lists the requested parts and all three splits, and no other part.
     summary_html = next(output["data"]["text/html"] for cell in executed.cells for output in cell.get("outputs", [])
                         if "patients" in output.get("data", {}).get("text/html", "")

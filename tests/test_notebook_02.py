@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import notebook_outputs, run_notebook, text_of
-from fracture_lib import config, mura
+from fracture_lib import config, datasets
 from fracture_lib.preprocess import PreprocessSettings, build_cache
 
 
@@ -28,7 +28,7 @@ def test_notebook_02_shows_preprocessing_cache_and_speed(tiny_demo_root: Path, t
     text = "\n".join(text_of(output) for output in outputs)
     assert "SYNTHETIC DATA" in text
     # The parameters reached the library: the requested parts and settings.
-    index = mura.build_index(tiny_demo_root, parts=["elbow", "shoulder"], seed=0)
+    index = datasets.build_index(tiny_demo_root, parts=["elbow", "shoulder"], seed=0)
     assert f"{len(index):,} images of elbow, shoulder;" in text
     assert "'img_size': 48, 'clahe': True" in text
     # Preprocessing examples (one row per part), two augmentation grids, the throughput chart.

@@ -57,7 +57,7 @@ def executed(tiny_runs, tiny_demo_root: Path, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None:
-    from fracture_lib import mura, train
+    from fracture_lib import datasets, train
 
     notebook = executed["04"]
     assert_no_errors(notebook)
@@ -72,7 +72,7 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
     assert document["n_bootstrap"] == N_BOOTSTRAP and document["seed"] == 0
     # The same evaluation computed here gives the same threshold, estimates and intervals.
     run = train.load_run(run_dir)
-    index = mura.build_index(tiny_demo_root, parts=["elbow"], seed=run.config.get("seed", 0))
+    index = datasets.build_index(tiny_demo_root, parts=["elbow"], seed=run.config.get("seed", 0))
     result = metrics.evaluate(pd.read_csv(run_dir / "val_predictions.csv"),
                               train.predict_split(run, index, tiny_demo_root, split="test"),
                               threshold_method="youden", n_boot=N_BOOTSTRAP, seed=0)

@@ -29,9 +29,9 @@ IMAGE_KEYS = {"path", "probability", "decision", "gradcam"}
 @pytest.fixture(scope="module")
 def test_index(tiny_demo_root: Path):
     """The tiny demo set's index."""
-    from fracture_lib import mura
+    from fracture_lib import datasets
 
-    return mura.build_index(tiny_demo_root)
+    return datasets.build_index(tiny_demo_root)
 
 
 @pytest.fixture(scope="module")
@@ -380,3 +380,15 @@ def test_benchmark_latency_reports_percentiles(tiny_runs, elbow_image: Path) -> 
     assert 0 < numbers["forward_ms_p50"] <= numbers["forward_ms_p95"]
     assert 0 < numbers["single_image_ms_p50"] <= numbers["single_image_ms_p95"]
     assert numbers["batch_images_per_s"] > 0 and numbers["img_size"] == 64
+
+
+def test_truncated_jpeg_is_scored_with_a_note(tiny_runs, capsys, tmp_path: Path, elbow_image: Path) -> None:
+    # The same policy as the cache: the decoder completes the file, and the result says so.
+    image = cv2.imread(str(elbow_image), cv2.IMREAD_GRAYSCALE)
+    ok, buffer = cv2.imencode(".jpg", image)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buffer.tobytes()[: len(buffer) * 2 // 3])
+    assert main(["predict", str(cut), "--part", "elbow", "--run-name", "tiny", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["error"] is None and result["probability"] is not None
+    assert any(note.startswith("cut.jpg: truncated JPEG") for note in result["notes"])

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_lib import config, imageio
-from fracture_lib.datasets.table import SPLITS, SourceReport, check_fraction, examples, split_patients
+from fracture_lib.datasets.table import SPLITS, SourceReport, check_fraction, check_image_files, examples, split_patients
 from fracture_lib.errors import DataLayoutError
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -174,8 +174,6 @@ def _check_splits(values: pd.Series, lines: pd.Series, csv_path: Path) -> pd.Ser
 def _check_files(index: pd.DataFrame, root: Path, lines: pd.Series, csv_path: Path, drop_missing: bool,
                  verify_images: bool, report: SourceReport) -> pd.DataFrame:
     """Missing (or, with ``verify_images``, undecodable) files: an error naming the line, or dropped."""
-    from fracture_lib.datasets.table import check_image_files
-
     missing = ~index["path"].map(lambda path: (root / path).is_file())
     if missing.any() and not drop_missing:
         _fail(csv_path, lines[missing], f"image {index.loc[missing, 'path'].iloc[0]!r} does not exist in {root}",

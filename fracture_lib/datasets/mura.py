@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_lib import config
-from fracture_lib.datasets.table import (SourceReport, check_fraction, check_seed, decodable, drop_or_raise, examples,
+from fracture_lib.datasets.table import (SourceReport, check_fraction, check_seed, check_image_files, examples,
                                          split_patients)
 from fracture_lib.errors import DataLayoutError
 
@@ -350,11 +350,6 @@ def _check_files(index: pd.DataFrame, root: Path, mura_dir: Path, listed_by_csv:
         present.update(_walk_images(mura_dir, mura_split, set(folders)))
     listed = index["source_split"].isin(listed_by_csv)
     missing = listed & ~index["path"].isin(present)
-    problems = {"missing on disk": missing}
-    if verify_images:
-        # Only images that exist are decoded; the others are already reported as missing.
-        unreadable = pd.Series(False, index=index.index)
-        candidates = index.loc[~missing, "path"]
-        unreadable.loc[candidates.index] = ~np.array(decodable(root / path for path in candidates), dtype=bool)
-        problems["unreadable"] = unreadable
-    return drop_or_raise(index, problems, root, drop_missing, "restore them (unzip MURA-v1.1 again)", report)
+    # Only images that exist are decoded (with verify_images); the others are reported as missing.
+    return check_image_files(index, root, root, drop_missing, verify_images, "restore them (unzip MURA-v1.1 again)",
+                             report, missing=missing)

@@ -215,9 +215,13 @@ def drop_or_raise(index: pd.DataFrame, problems: dict[str, pd.Series], where: ob
 
 
 def check_image_files(index: pd.DataFrame, root: Path, where: object, drop_missing: bool, verify_images: bool,
-                      fix: str, report: SourceReport | None = None) -> pd.DataFrame:
-    """Report (or drop) the images of ``index`` that are missing under ``root`` or do not decode."""
-    missing = ~index["path"].map(lambda path: (root / path).is_file())
+                      fix: str, report: SourceReport | None = None, missing: pd.Series | None = None) -> pd.DataFrame:
+    """Report (or drop) the images of ``index`` that are missing under ``root`` or do not decode.
+
+    ``missing`` (a mask) replaces the per-file existence check when the caller already knows it.
+    """
+    if missing is None:
+        missing = ~index["path"].map(lambda path: (root / path).is_file())
     problems = {"missing on disk": missing}
     if verify_images:
         unreadable = pd.Series(False, index=index.index)

@@ -16,7 +16,6 @@ of a peak dropped uniformly at random).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -24,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from fracture_lib import preprocess
+from fracture_lib.datasets.table import BOX_COLUMNS
 from fracture_lib.errors import ParameterError
 
-BOX_COLUMNS: list[str] = ["x_min", "y_min", "x_max", "y_max"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_lib import config
+from fracture_lib.datasets.table import BOX_COLUMNS
 from fracture_lib.errors import DataLayoutError, ParameterError
 
 DEFAULT_DEMO_PATIENTS = 1100
@@ -438,7 +439,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike[str], patients: int = DEFAU
     boxes = pd.DataFrame(
         [{"path": row["path"], "x_min": round(row["box"][0], 1), "y_min": round(row["box"][1], 1),
           "x_max": round(row["box"][2], 1), "y_max": round(row["box"][3], 1)} for row in rows if row["box"]],
-        columns=["path", "x_min", "y_min", "x_max", "y_max"])
+        columns=["path", *BOX_COLUMNS])
     boxes.to_csv(mura_dir / BOXES_FILENAME, index=False)
     marker = {"generator": "fracture_lib.synthetic", "version": GENERATOR_VERSION, "patients": int(patients),
               "seed": int(seed), "parts": list(parts), "images": len(rows),
@@ -472,7 +473,7 @@ def load_fracture_boxes(data_root: str | os.PathLike[str]) -> pd.DataFrame:
     """The fracture boxes of a demo set (empty for real MURA, which has none)."""
     path = Path(data_root) / config.MURA_DIRNAME / BOXES_FILENAME
     if not path.is_file():
-        return pd.DataFrame(columns=["path", "x_min", "y_min", "x_max", "y_max"])
+        return pd.DataFrame(columns=["path", *BOX_COLUMNS])
     return pd.read_csv(path)
 
 

@@ -27,19 +27,17 @@ import pandas as pd
 
 from fracture_lib import config
 from fracture_lib.datasets import fracatlas, manifest, mura
-from fracture_lib.datasets.table import (INDEX_COLUMNS, LABEL_NAMES, SPLITS, SourceReport, apply_truncation_policy,
+from fracture_lib.datasets.table import (BOX_COLUMNS, INDEX_COLUMNS, LABEL_NAMES, SPLITS, SourceReport, apply_truncation_policy,
                                          check_patient_disjoint, check_seed, finish_index, index_fingerprint, load_index, read_images,
                                          sample_per_part, save_index, select_parts, sort_parts, summarize_index)
 from fracture_lib.errors import DataLayoutError, ParameterError
 
-SOURCE_KINDS = ("mura", "fracatlas", "manifest")
 # The body-part classifier learns a part only when its training split holds at least this many images.
 CLASSIFIER_MIN_TRAIN_IMAGES = 20
 # Index values that are not one body part, so never a class of the classifier.
 NOT_A_PART = ("mixed", "unspecified")
-BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 
-__all__ = ["BOX_COLUMNS", "DataSource", "classifier_parts", "INDEX_COLUMNS", "IndexedSource", "LABEL_NAMES", "SOURCE_KINDS", "SPLITS",
+__all__ = ["BOX_COLUMNS", "DataSource", "classifier_parts", "INDEX_COLUMNS", "IndexedSource", "LABEL_NAMES", "SPLITS",
            "SourceReport", "build_index", "check_patient_disjoint", "index_fingerprint", "index_source",
            "load_fracture_boxes", "load_index", "quirks_table", "source_rules", "resolve_source", "sample_image_statistics", "sample_images",
            "save_index", "sort_parts", "summarize_index"]
@@ -72,11 +70,6 @@ class DataSource:
         if self.kind == "fracatlas":
             return "FracAtlas"
         return f"manifest {self.location.name}"
-
-    @property
-    def is_mura(self) -> bool:
-        """True for real MURA v1.1 (not the demo set in its layout)."""
-        return self.kind == "mura" and not self.synthetic
 
     def to_dict(self) -> dict[str, str]:
         """The source as recorded with a run (``config.json``)."""

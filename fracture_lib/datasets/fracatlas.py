@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture_lib.datasets.table import SourceReport, check_image_files, examples, split_patients
+from fracture_lib.datasets.table import BOX_COLUMNS, SourceReport, check_image_files, examples, split_patients
 from fracture_lib.errors import DataLayoutError
 
 CSV_FILENAME = "dataset.csv"
@@ -47,7 +47,6 @@ PART_COLUMNS = ("hand", "leg", "hip", "shoulder")
 MIXED = "mixed"
 # This project's split of FracAtlas (by patient, stratified by body part and label).
 FRACATLAS_FRACTIONS = {"test": 0.2, "val": 0.1}
-BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 CREDIT = ("FracAtlas: Abedeen et al., Scientific Data 10, 521 (2023), doi:10.1038/s41597-023-02432-4; "
           "data doi:10.6084/m9.figshare.22363012; CC BY 4.0")
 # How the index reads this source, for the exploration report.

@@ -32,6 +32,8 @@ from fracture_lib.files import write_text_atomically
 
 INDEX_COLUMNS = ["path", "source_split", "body_part", "patient", "study", "view", "label", "split"]
 SPLITS = ("train", "val", "test")
+# A fracture box: pixels of the saved image, pixel centres at whole numbers (demo set, FracAtlas).
+BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 LABEL_NAMES = {0: "negative (normal)", 1: "positive (abnormal)"}
 # How many offending values an error message or a note quotes.
 EXAMPLES = 3
@@ -59,12 +61,6 @@ class SourceReport:
         self.notes.append(text)
         if warn:
             warnings.warn(text, UserWarning, stacklevel=3)
-
-    def to_dict(self) -> dict:
-        """The report as a JSON-ready dictionary."""
-        return {"kind": self.kind, "notes": list(self.notes), "truncated": list(self.truncated),
-                "truncated_kept": self.truncated_kept, "duplicate_groups": [list(group) for group in self.duplicate_groups],
-                "contradictions": list(self.contradictions), "mixed": int(self.mixed), "dropped": dict(self.dropped)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ VENV_PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 KERNEL_NAME := fracture
 
-# Report parameters; empty means "as in params.yaml".
+# Report parameters; empty means "as in the parameter file" (params.yaml, or PARAMS on top of it).
+PARAMS ?=
 PARTS ?=
 EPOCHS ?=
 DATA_DIR ?=
@@ -19,11 +20,18 @@ IMG_SIZE ?=
 BATCH_SIZE ?=
 RUN_NAME ?=
 ONLY ?=
-REPORT_ARGS := $(if $(PARTS),--parts "$(PARTS)") $(if $(EPOCHS),--epochs $(EPOCHS)) \
+# Every training setting a preset sets is a variable too, passed as --set name=value
+# (LEARNING_RATE=0.001 gives --set learning_rate=0.001).
+RECIPE_VARIABLES := LEARNING_RATE OPTIMIZER WEIGHT_DECAY SCHEDULE WARMUP_EPOCHS PATIENCE EMA_MOMENTUM LOSS \
+	FOCAL_GAMMA DROPOUT_RATE FLIP ROTATION_DEGREES ZOOM TRANSLATE BRIGHTNESS CONTRAST GAMMA POOL_PARTS TTA CLAHE \
+	SEED SPLIT_SEED AGGREGATION THRESHOLD_METHOD N_BOOTSTRAP
+lowercase = $(shell echo '$(1)' | tr '[:upper:]' '[:lower:]')
+REPORT_ARGS := $(if $(PARAMS),--params "$(PARAMS)") $(if $(PARTS),--parts "$(PARTS)") $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(ARCH),--arch $(ARCH)) \
 	$(if $(WEIGHTS),--weights "$(WEIGHTS)") $(if $(IMG_SIZE),--img-size $(IMG_SIZE)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(RUN_NAME),--run-name $(RUN_NAME)) \
-	$(if $(ONLY),--only $(ONLY))
+	$(if $(ONLY),--only $(ONLY)) \
+	$(foreach name,$(RECIPE_VARIABLES),$(if $($(name)),--set "$(call lowercase,$(name))=$($(name))"))
 PYTEST_ARGS ?=
 
 .PHONY: help .venv test reports bench lab demo-data clean distclean
@@ -33,7 +41,9 @@ help: ## Show this list of commands
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
-	@echo "Report variables: PARTS=\"elbow hand\" EPOCHS=5 DATA_DIR=data ARCH=densenet169 WEIGHTS=imagenet IMG_SIZE=320 BATCH_SIZE=16 RUN_NAME=name ONLY=01_data_exploration"
+	@echo "Report variables: PARAMS=params/real-cpu.yaml PARTS=\"elbow hand\" EPOCHS=5 DATA_DIR=data ARCH=densenet169 WEIGHTS=imagenet"
+	@echo "  IMG_SIZE=320 BATCH_SIZE=16 RUN_NAME=name ONLY=01_data_exploration, and the training settings"
+	@echo "  $(RECIPE_VARIABLES)"
 
 $(VENV_STAMP): pyproject.toml
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)

@@ -81,26 +81,24 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one fracture model or the body-part classifier; print where it was saved and its best metric."""
+    from fracture_lib import parameters
     from fracture_lib.train import TrainConfig, train_model
 
+    # The parameter file (params.yaml, or a preset on top of it), then --set, then the named options.
+    values = parameters.training_values(parameters.load_parameters(args.params, parameters.parse_overrides(args.set)))
+    named = {"arch": args.arch, "img_size": args.img_size, "epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.learning_rate, "seed": args.seed, "patience": args.patience,
+             "run_name": args.run_name, "clahe": True if args.clahe else None}
+    values.update({key: value for key, value in named.items() if value is not None})
     # Folders typed on the command line are taken from the shell's working directory.
-    train_config = TrainConfig(
-        target=args.target,
-        body_part=args.part,
-        arch=args.arch,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weights=os.path.abspath(args.weights) if args.weights and os.path.exists(args.weights) else args.weights,
-        seed=args.seed,
-        data_dir=os.path.abspath(args.data) if args.data else None,
-        run_name=args.run_name,
-        clahe=args.clahe,
-        patience=args.patience,
-        parts=config.parse_body_parts(args.parts),
-        keep_truncated=args.keep_truncated,
-    )
+    if args.weights is not None:
+        values["weights"] = os.path.abspath(args.weights) if os.path.exists(args.weights) else args.weights
+    if args.data:
+        values["data_dir"] = os.path.abspath(args.data)
+    elif values.get("data_dir"):
+        values["data_dir"] = str(config.resolve_path(values["data_dir"]))
+    train_config = TrainConfig(target=args.target, body_part=args.part, parts=config.parse_body_parts(args.parts),
+                               keep_truncated=args.keep_truncated, **values)
     result = train_model(train_config, models_dir=os.path.abspath(args.models_dir), verbose=args.verbose)
     metric = "val_auroc" if args.target == config.FRACTURE_TARGET else "val_accuracy"
     best = result.best_metrics.get(metric, float("nan"))
@@ -158,9 +156,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_reports(args: argparse.Namespace) -> int:
     """Execute the notebooks with papermill and export the HTML reports."""
-    from fracture_lib import reports
+    from fracture_lib import parameters, reports
 
-    overrides = reports.parse_overrides(args.set)
+    overrides = parameters.parse_overrides(args.set)
     named = {
         "body_parts": args.parts,
         "epochs": args.epochs,
@@ -173,9 +171,9 @@ def _cmd_reports(args: argparse.Namespace) -> int:
         "demo_patients": args.demo_patients,
     }
     overrides.update({key: value for key, value in named.items() if value is not None})
-    parameters = reports.load_parameters(args.params, overrides)
+    values = parameters.load_parameters(args.params, overrides)
     only = args.only.split(",") if args.only else None
-    reports.run_reports(parameters, reports_dir=args.reports_dir, only=only, command=reports.command_line())
+    reports.run_reports(values, reports_dir=args.reports_dir, only=only, command=reports.command_line())
     return 0
 
 

@@ -20,16 +20,21 @@ def add_train(parser: argparse.ArgumentParser) -> None:
                              "(default: real MURA if present, else the demo set)")
     parser.add_argument("--keep-truncated", action="store_true",
                         help="keep truncated JPEGs in the data (left out by default: their grey-filled rows are an artefact)")
-    parser.add_argument("--arch", default="small_cnn", help="small_cnn, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
-    parser.add_argument("--img-size", type=int, default=128, help="square input size in pixels")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (early stopping may end sooner)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size per replica; the global batch is this times the number of replicas")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's initial learning rate (divided by 10 on a plateau)")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="parameter file: params.yaml (the default) or a preset read on top of it, "
+                             "e.g. params/real-cpu.yaml; the options below override it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any parameter of the file, e.g. --set schedule=cosine (see params.yaml)")
+    parser.add_argument("--arch", default=None, help="small_cnn, resnet_small, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
+    parser.add_argument("--img-size", type=int, default=None, help="square input size in pixels")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum number of epochs (early stopping may end sooner)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size per replica; the global batch is this times the number of replicas")
+    parser.add_argument("--learning-rate", type=float, default=None, help="the optimiser's initial (peak) learning rate")
     parser.add_argument("--weights", default=None, help="None, 'imagenet', or a path to a .weights.h5 file")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation before resizing")
-    parser.add_argument("--patience", type=int, default=5, help="epochs without validation improvement before early stopping")
-    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the split, initial weights, shuffling and augmentation")
-    parser.add_argument("--run-name", default="default", help="folder name of the run under models/<name>/")
+    parser.add_argument("--patience", type=int, default=None, help="epochs without validation improvement before early stopping")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the initial weights, shuffling and augmentation (the split has split_seed)")
+    parser.add_argument("--run-name", default=None, help="folder name of the run under models/<name>/ (default: as in the parameter file)")
     parser.add_argument("--models-dir", default=str(config.MODELS_DIR), help="where runs are written (default models/)")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
 
@@ -74,7 +79,8 @@ def add_models(parser: argparse.ArgumentParser) -> None:
 
 def add_reports(parser: argparse.ArgumentParser) -> None:
     """Options of ``reports``; each overrides the value in params.yaml."""
-    parser.add_argument("--params", default=str(config.PARAMS_FILE), help="YAML file of report parameters")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="parameter file: params.yaml (the default) or a preset read on top of it, e.g. params/real-cpu.yaml")
     parser.add_argument("--parts", default=None, help="body parts, e.g. 'elbow hand'")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
@@ -87,7 +93,7 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, help="comma-separated notebook stems to run (e.g. 01_data_exploration)")
     parser.add_argument("--reports-dir", default=str(config.REPORTS_DIR))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any other parameter in params.yaml")
+                        help="override any other parameter of the file, e.g. --set learning_rate=0.001")
 
 
 def add_bench(parser: argparse.ArgumentParser) -> None:

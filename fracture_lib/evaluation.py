@@ -110,7 +110,9 @@ def evaluation_defaults(run: Any) -> tuple[str, str]:
 def _part_rows(run: Any, source: datasets.DataSource) -> pd.DataFrame:
     """The index rows of the run's body part in ``source``, split as the run's own settings split them."""
     run_config = run.config
-    index = datasets.build_index(source, seed=int(run_config.get("seed", config.DEFAULT_SEED)),
+    # Runs made before split_seed existed split with their seed.
+    split_seed = run_config.get("split_seed", run_config.get("seed", config.DEFAULT_SEED))
+    index = datasets.build_index(source, seed=int(split_seed),
                                  val_fraction=float(run_config.get("val_fraction", config.DEFAULT_VAL_FRACTION)),
                                  keep_truncated=bool(run_config.get("keep_truncated", False)))
     part = run_config["body_part"]

@@ -1,4 +1,4 @@
-"""Model architectures: a compact CNN for CPUs and the ImageNet backbones used on MURA.
+"""Model architectures: two compact networks for CPUs and the ImageNet backbones used on MURA.
 
 Every model takes raw greyscale images ``(S, S, 1)`` in 0..255 (what the input pipeline yields)
 and does its own input handling as layers: it repeats grey to three channels when the backbone
@@ -19,7 +19,7 @@ import keras
 
 from fracture_lib.errors import FractureLibError, ParameterError
 
-ARCHITECTURES = ("small_cnn", "densenet169", "densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
+ARCHITECTURES = ("small_cnn", "resnet_small", "densenet169", "densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
 
 # ImageNet statistics in 0..1 (DenseNet, "torch" mode) and caffe-style BGR means in 0..255 (ResNet50).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,11 +44,13 @@ WEIGHT_URLS = {
 }
 # MobileNetV2 has ImageNet weights trained at these sizes; Keras uses the 224 px ones otherwise.
 MOBILENET_V2_WEIGHT_SIZES = (96, 128, 160, 192, 224)
-# Dropout before the classifier. small_cnn has none: each of its max-pooled features is a
-# detector that fires on a small finding, and dropping detectors at random slowed its training
-# several-fold on the demo data; the wide backbones use the common 0.3.
-DEFAULT_DROPOUT_RATE = {arch: (0.0 if arch == "small_cnn" else 0.3) for arch in ARCHITECTURES}
-MINIMUM_SIZE = {"small_cnn": 16, "densenet169": 32, "densenet121": 32, "resnet50": 32,
+# The compact networks built here (no ImageNet weights); they end in global max pooling.
+COMPACT_ARCHITECTURES = ("small_cnn", "resnet_small")
+# Dropout before the classifier. The compact networks have none: each of their max-pooled features
+# is a detector that fires on a small finding, and dropping detectors at random slowed small_cnn's
+# training several-fold on the demo data; the wide backbones use the common 0.3.
+DEFAULT_DROPOUT_RATE = {arch: (0.0 if arch in COMPACT_ARCHITECTURES else 0.3) for arch in ARCHITECTURES}
+MINIMUM_SIZE = {"small_cnn": 16, "resnet_small": 32, "densenet169": 32, "densenet121": 32, "resnet50": 32,
                 "efficientnetb0": 32, "mobilenetv2": 32}
 
 
@@ -75,6 +77,38 @@ def _small_cnn_features(images: Any, seed: int) -> Any:
         features = _conv_block(features, filters, f"block{stage}", seed + stage)
         features = keras.layers.MaxPooling2D(2, name=f"block{stage}_pool")(features)
     return _conv_block(features, 96, "last_conv", seed + 4)
+
+
+def _residual_block(features: Any, filters: int, name: str, seed: int, strides: int = 1) -> Any:
+    """A basic residual block: two 3x3 convolutions and a shortcut (projected when the shape changes)."""
+    initializer = keras.initializers.HeNormal(seed=seed + 50)
+    residual = _conv_block(features, filters, f"{name}_a", seed, strides=strides)
+    residual = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer,
+                                   name=f"{name}_b_conv")(residual)
+    residual = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_b_bn")(residual)
+    shortcut = features
+    if strides != 1 or features.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                                       kernel_initializer=keras.initializers.HeNormal(seed=seed + 75),
+                                       name=f"{name}_shortcut_conv")(features)
+        shortcut = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_shortcut_bn")(shortcut)
+    features = keras.layers.Add(name=f"{name}_add")([residual, shortcut])
+    return keras.layers.ReLU(name=name)(features)
+
+
+def _resnet_small_features(images: Any, seed: int) -> Any:
+    """A compact residual network (about 0.89 M parameters) for real films at 192-320 px on a CPU.
+
+    A strided stem and max pooling bring the input to a quarter of its side, then four stages of
+    one residual block each (32, 64, 128 and 192 filters; every stage after the first halves the
+    resolution). The last stage, named ``last_conv``, is Grad-CAM's target: 8 x 8 at 256 px.
+    """
+    features = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
+    features = _conv_block(features, 24, "stem", seed, strides=2)
+    features = keras.layers.MaxPooling2D(2, name="stem_pool")(features)
+    for stage, filters in enumerate((32, 64, 128), start=1):
+        features = _residual_block(features, filters, f"stage{stage}", seed + 10 * stage, strides=1 if stage == 1 else 2)
+    return _residual_block(features, 192, "last_conv", seed + 40, strides=2)
 
 
 def _grey_to_rgb(images: Any) -> Any:
@@ -165,17 +199,30 @@ def _split_weights(arch: str, weights: str | os.PathLike[str] | None) -> tuple[s
     if weights is None or str(weights).strip().lower() in ("", "none", "null"):
         return None, None
     if str(weights).strip().lower() == "imagenet":
-        if arch == "small_cnn":
-            raise ParameterError("small_cnn has no ImageNet weights: use weights=None, or a backbone such as densenet169")
+        if arch in COMPACT_ARCHITECTURES:
+            raise ParameterError(f"{arch} has no ImageNet weights: use weights=None, or a backbone such as densenet169")
         return "imagenet", None
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FractureLibError(f"weights file {path} not found: check the path, or use weights=None")
     if path.name.endswith(".weights.h5"):
         return None, str(path)
-    if arch == "small_cnn":
-        raise ParameterError(f"small_cnn has no backbone to load {path} into: pass a whole-model .weights.h5 file")
+    if arch in COMPACT_ARCHITECTURES:
+        raise ParameterError(f"{arch} has no backbone to load {path} into: pass a whole-model .weights.h5 file")
     return str(path), None
+
+
+def check_architecture(arch: str, img_size: int, weights: str | os.PathLike[str] | None = None) -> None:
+    """Raise ``ParameterError`` for an unknown architecture, an input too small for it, or weights it cannot take.
+
+    Cheap (nothing is built or loaded), so a run checks it before indexing and caching its data.
+    """
+    if arch not in ARCHITECTURES:
+        raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
+    if not _is_integer(img_size) or img_size < MINIMUM_SIZE[arch]:
+        raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
+    if weights is not None and str(weights).strip().lower() == "imagenet" and arch in COMPACT_ARCHITECTURES:
+        raise ParameterError(f"{arch} has no ImageNet weights: use weights=None, or a backbone such as densenet169")
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
@@ -187,10 +234,7 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     ``.weights.h5`` file, or a backbone's notop ``.h5`` file. ``dropout_rate=None`` takes the
     architecture's default (``DEFAULT_DROPOUT_RATE``).
     """
-    if arch not in ARCHITECTURES:
-        raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
-    if not _is_integer(img_size) or img_size < MINIMUM_SIZE[arch]:
-        raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
+    check_architecture(arch, img_size, weights)
     if not _is_integer(num_classes) or num_classes < 1:
         raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 2 and more (softmax)")
     if dropout_rate is None:
@@ -203,6 +247,8 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     images = keras.Input(shape=(img_size, img_size, 1), name="image")
     if arch == "small_cnn":
         features = _small_cnn_features(images, seed)
+    elif arch == "resnet_small":
+        features = _resnet_small_features(images, seed)
     else:
         constructor, normalise = _backbone_builders()[arch]
         backbone_input = normalise(_grey_to_rgb(images))
@@ -216,7 +262,7 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
                 raise _imagenet_error(arch, img_size, error) from None
             raise _weights_file_error(backbone_weights, f"the notop ImageNet weights file of {arch}", error) from None
         features = backbone.output
-    if arch == "small_cnn":
+    if arch in COMPACT_ARCHITECTURES:
         # A fracture is a small, local finding: max pooling keeps the strongest response instead of
         # averaging it away over the whole radiograph, which makes the compact net learn far faster.
         pooled = keras.layers.GlobalMaxPooling2D(name="pool")(features)

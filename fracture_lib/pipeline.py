@@ -3,8 +3,8 @@
 Images come from the in-memory ``uint8`` cache (``preprocess.build_cache``), so no file is
 decoded during training. The dataset walks over shuffled row numbers; each batch of rows is
 gathered from the NumPy array and augmented in one step: the MURA paper's random horizontal
-flip and rotation up to 30 degrees (optionally a small zoom and contrast change), as one affine
-warp per image with OpenCV. Measured on this project's 2-core CPU, ``cv2.warpAffine`` costs about
+flip and rotation up to 30 degrees (optionally zoom and shift, a random resized crop, and
+contrast, brightness and gamma changes), as one affine warp per image with OpenCV. Measured on this project's 2-core CPU, ``cv2.warpAffine`` costs about
 a sixth of the CPU time of TensorFlow's batched ``ImageProjectiveTransformV3`` (which Keras'
 ``RandomRotation`` uses), and it releases the GIL, so parallel batches use both cores (see
 docs/benchmarks.md). The random parameters come from a per-batch seed drawn by ``tf.data``, so
@@ -34,19 +34,34 @@ class AugmentSettings:
     rotation_degrees: float = 30.0
     zoom: float = 0.0
     contrast: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rotation_degrees <= 180:
-            raise ParameterError(f"rotation_degrees={self.rotation_degrees} must be between 0 and 180")
-        if not 0 <= self.zoom < 1:
-            raise ParameterError(f"zoom={self.zoom} must be in [0, 1), e.g. 0.1 for +-10%")
-        if not 0 <= self.contrast < 1:
-            raise ParameterError(f"contrast={self.contrast} must be in [0, 1), e.g. 0.2 for +-20%")
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise ParameterError(f"flip={self.flip!r} must be true or false")
+        for name, low, high, example in (("rotation_degrees", 0, 180, "30"), ("zoom", 0, 1, "0.1 for +-10%"),
+                                         ("contrast", 0, 1, "0.2 for +-20%"), ("translate", 0, 0.5, "0.1 for 10% of the side"),
+                                         ("brightness", 0, 1, "0.1 for +-10% of the grey range"),
+                                         ("gamma", 0, 1, "0.2 for gamma in [0.83, 1.2]")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ParameterError(f"{name}={value!r} must be a number, e.g. {example}")
+            inside = low <= value <= high if name == "rotation_degrees" else low <= value < high
+            if not inside:
+                raise ParameterError(f"{name}={value} must be in [{low}, {high}{']' if name == 'rotation_degrees' else ')'}, "
+                                     f"e.g. {example}")
 
     @property
     def moves_pixels(self) -> bool:
-        """Whether the settings flip, rotate or zoom (else the geometric warp is skipped)."""
-        return bool(self.flip) or self.rotation_degrees > 0 or self.zoom > 0
+        """Whether the settings flip, rotate, zoom or shift (else the geometric warp is skipped)."""
+        return bool(self.flip) or self.rotation_degrees > 0 or self.zoom > 0 or self.translate > 0
+
+    @property
+    def changes_pixels(self) -> bool:
+        """Whether any augmentation is on (geometric or grey-level)."""
+        return self.moves_pixels or self.contrast > 0 or self.brightness > 0 or self.gamma > 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dictionary."""
@@ -55,7 +70,8 @@ class AugmentSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AugmentSettings":
         """Rebuild settings saved with ``to_dict``."""
-        return cls(**{key: values[key] for key in ("flip", "rotation_degrees", "zoom", "contrast") if key in values})
+        names = ("flip", "rotation_degrees", "zoom", "contrast", "translate", "brightness", "gamma")
+        return cls(**{key: values[key] for key in names if key in values})
 
 
 def _generator(seed: Any) -> np.random.Generator:
@@ -64,33 +80,49 @@ def _generator(seed: Any) -> np.random.Generator:
     return np.random.default_rng([value % 2**64 for value in values])
 
 
+@dataclass(frozen=True)
+class GreyLevelChanges:
+    """Per-image grey-level factors: contrast stretch, brightness shift (0..255 units) and gamma."""
+
+    contrast: np.ndarray
+    brightness: np.ndarray
+    gamma: np.ndarray
+
+
 def random_transforms(count: int, height: int, width: int, seed: Any,
-                      settings: AugmentSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``count`` random affine matrices ``(count, 2, 3)`` and contrast factors ``(count,)``.
+                      settings: AugmentSettings) -> tuple[np.ndarray, GreyLevelChanges]:
+    """Draw ``count`` random affine matrices ``(count, 2, 3)`` and grey-level changes.
 
     Each matrix maps an input pixel to its output position: mirror (half the images when
-    ``flip``), rotate by up to ``rotation_degrees`` either way and scale by up to ``zoom``,
-    all about the image centre. The draws always happen in the same order, so a seed gives the
-    same transformations whatever the settings switch off.
+    ``flip``), rotate by up to ``rotation_degrees`` either way, scale by up to ``zoom`` about
+    the image centre, then shift by up to ``translate`` of the side (zoom and shift together
+    are a random resized crop that keeps the aspect ratio). The draws always happen in the same
+    order, so a seed gives the same transformations whatever the settings switch off.
     """
     rng = _generator(seed)
     flipped = rng.random(count) < 0.5
     angles = np.deg2rad(rng.uniform(-settings.rotation_degrees, settings.rotation_degrees, count))
     scales = rng.uniform(1.0 - settings.zoom, 1.0 + settings.zoom, count)
     contrasts = rng.uniform(1.0 - settings.contrast, 1.0 + settings.contrast, count)
+    # Drawn after the original four, so the older settings keep their transformations.
+    shifts = rng.uniform(-settings.translate, settings.translate, (count, 2)) * np.array([width, height])
+    brightness = rng.uniform(-settings.brightness, settings.brightness, count) * 255.0
+    # Gamma is drawn log-uniformly, so darkening and brightening are equally likely.
+    gammas = np.exp(rng.uniform(-np.log1p(settings.gamma), np.log1p(settings.gamma), count))
     mirror = np.where(flipped & bool(settings.flip), -1.0, 1.0)
 
-    # Linear part: scale * rotation * mirror; the translation keeps the centre in place.
+    # Linear part: scale * rotation * mirror; the translation keeps the centre in place, then shifts it.
     cos, sin = np.cos(angles) * scales, np.sin(angles) * scales
     linear = np.stack([np.stack([cos * mirror, -sin], axis=1), np.stack([sin * mirror, cos], axis=1)], axis=1)
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-    translation = centre - linear @ centre
-    return np.concatenate([linear, translation[:, :, None]], axis=2), contrasts
+    translation = centre - linear @ centre + shifts
+    matrices = np.concatenate([linear, translation[:, :, None]], axis=2)
+    return matrices, GreyLevelChanges(contrasts, brightness, gammas)
 
 
 def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
                    rows: np.ndarray | None = None) -> np.ndarray:
-    """Randomly flip, rotate, zoom and change the contrast of images; return float32 (B, S, S).
+    """Randomly flip, rotate, zoom, shift and change the grey levels of images; return float32 (B, S, S).
 
     ``images`` is a uint8 or float32 array ``(N, S, S)`` (or ``(N, S, S, 1)``); with ``rows``,
     only those rows are augmented (a batch gathered without an extra copy). Pixels moved in from
@@ -101,7 +133,7 @@ def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
         images = images[..., 0]
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     height, width = images.shape[1:3]
-    matrices, contrasts = random_transforms(len(rows), height, width, seed, settings)
+    matrices, grey = random_transforms(len(rows), height, width, seed, settings)
     if settings.moves_pixels:
         batch = np.empty((len(rows), height, width), dtype=images.dtype)
         for position, row in enumerate(rows):
@@ -110,11 +142,25 @@ def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
     else:
         batch = images[rows]
     batch = batch.astype(np.float32)
+    return _change_grey_levels(batch, grey, settings)
+
+
+def _change_grey_levels(batch: np.ndarray, grey: GreyLevelChanges, settings: AugmentSettings) -> np.ndarray:
+    """Apply gamma, then contrast about each image's mean, then a brightness shift; stay in 0..255.
+
+    Black pixels (the letterbox padding and pixels moved in from outside) stay black under gamma
+    and contrast; brightness lifts only the pixels inside the film (above 0).
+    """
+    if settings.gamma > 0:
+        batch = 255.0 * np.power(batch / 255.0, grey.gamma[:, None, None].astype(np.float32))
     if settings.contrast > 0:
         # Stretch each image's grey levels about its own mean.
         means = batch.mean(axis=(1, 2), keepdims=True)
-        batch = np.clip((batch - means) * contrasts[:, None, None].astype(np.float32) + means, 0.0, 255.0)
-    return batch
+        batch = np.clip((batch - means) * grey.contrast[:, None, None].astype(np.float32) + means, 0.0, 255.0)
+    if settings.brightness > 0:
+        shift = grey.brightness[:, None, None].astype(np.float32)
+        batch = np.where(batch > 0, np.clip(batch + shift, 0.0, 255.0), batch)
+    return batch.astype(np.float32, copy=False)
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, settings: AugmentSettings) -> tf.Tensor:
@@ -155,7 +201,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, batch_siz
     images = np.asarray(images)
     _check_inputs(images, labels, batch_size, sample_weights)
     count, size = len(images), images.shape[1:]
-    augmenting = training and augment is not None and (augment.moves_pixels or augment.contrast > 0)
+    augmenting = training and augment is not None and augment.changes_pixels
 
     # The dataset walks over row numbers and gathers each batch from the NumPy array: cheap to
     # shuffle, and it works for caches larger than TensorFlow's 2 GB limit on constants.

@@ -194,10 +194,21 @@ class ScoringModel:
         """Return ``path`` decoded and preprocessed with this run's settings: uint8 (S, S)."""
         return _read_preprocessed(path, self.settings)
 
+    @property
+    def tta(self) -> bool:
+        """Whether the run averages its predictions over a horizontal flip (``tta`` in its config)."""
+        return bool(self.run.config.get("tta", False))
+
     def scores(self, images: np.ndarray) -> np.ndarray:
-        """Return the model's outputs for uint8 images (N, S, S): (N,) sigmoid or (N, C) softmax."""
+        """Return the model's outputs for uint8 images (N, S, S): (N,) sigmoid or (N, C) softmax.
+
+        A run trained with ``tta`` scores each image and its mirror image and averages the two, as
+        its validation predictions (and so its threshold) did.
+        """
         batch = np.asarray(images, dtype=np.float32)[..., np.newaxis]
         outputs = self._forward(batch).numpy()
+        if self.tta:
+            outputs = (outputs + self._forward(np.ascontiguousarray(batch[:, :, ::-1])).numpy()) / 2.0
         return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
 
 

@@ -25,30 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import yaml
-
 from fracture_lib import config
+from fracture_lib import parameters as parameter_files
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.files import write_text_atomically
-
-# Parameters every params file must define, with the type each must have.
-PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
-    "data_dir": (str, type(None)),
-    "body_parts": (list,),
-    "seed": (int,),
-    "demo_patients": (int, type(None)),
-    "arch": (str,),
-    "weights": (str, type(None)),
-    "img_size": (int,),
-    "clahe": (bool,),
-    "epochs": (int,),
-    "batch_size": (int,),
-    "learning_rate": (float, int),
-    "run_name": (str,),
-    "aggregation": (str,),
-    "threshold_method": (str,),
-    "n_bootstrap": (int,),
-}
 
 # Files and folders of a report set; they are replaced together when a new set is complete.
 EXECUTED_DIRNAME = "executed"
@@ -67,78 +47,6 @@ class ReportJob:
     seconds: float | None = None
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Turn ``["epochs=5", "body_parts=[elbow, hand]"]`` into a dictionary (values read as YAML)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
-            raise ParameterError(f"bad override {item!r}: write KEY=VALUE, e.g. --set epochs=5")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return overrides
-
-
-def load_parameters(params_file: str | os.PathLike[str] = config.PARAMS_FILE,
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the report parameters from YAML, apply ``overrides`` and validate the result."""
-    path = config.resolve_path(params_file)
-    if not path.is_file():
-        raise ParameterError(f"parameter file {path} not found: restore it with `git checkout params.yaml`")
-    try:
-        parameters = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        first_line = str(error).splitlines()[0]
-        raise ParameterError(f"parameter file {path} is not valid YAML ({first_line}): fix its syntax") from None
-    if not isinstance(parameters, dict):
-        raise ParameterError(f"parameter file {path} must hold KEY: value lines")
-    parameters = validate_parameters(parameters, source=path)
-    if not overrides:
-        return parameters
-    for key, value in overrides.items():
-        if key not in PARAMETER_TYPES:
-            raise ParameterError(f"unknown parameter {key!r}: choose from {', '.join(PARAMETER_TYPES)}")
-        parameters[key] = value
-    # A bad value now comes from the command line, not from the file: say so.
-    return validate_parameters(parameters)
-
-
-def validate_parameters(parameters: dict[str, Any], source: Path | None = None) -> dict[str, Any]:
-    """Check names, types and values of the report parameters; return a normalised copy."""
-    where = f" in {source}" if source else ""
-    missing = [key for key in PARAMETER_TYPES if key not in parameters]
-    if missing:
-        raise ParameterError(f"missing parameter(s) {', '.join(missing)}{where}: add them (see params.yaml)")
-    unknown = [key for key in parameters if key not in PARAMETER_TYPES]
-    if unknown:
-        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}{where}: choose from {', '.join(PARAMETER_TYPES)}")
-    normalised = dict(parameters)
-    if isinstance(normalised["body_parts"], str):
-        normalised["body_parts"] = list(config.parse_body_parts(normalised["body_parts"]))
-    for key, allowed in PARAMETER_TYPES.items():
-        value = normalised[key]
-        # YAML reads "yes"/"no" as booleans, which are ints too: keep the check strict.
-        if isinstance(value, bool) and bool not in allowed:
-            raise ParameterError(f"parameter {key}={value!r}{where} has the wrong type")
-        if not isinstance(value, allowed):
-            names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
-            raise ParameterError(f"parameter {key}={value!r}{where} must be {names}")
-    normalised["body_parts"] = list(config.parse_body_parts(normalised["body_parts"]))
-    for key in ("img_size", "epochs", "batch_size", "n_bootstrap"):
-        if normalised[key] < 1:
-            raise ParameterError(f"parameter {key}={normalised[key]}{where} must be at least 1")
-    if normalised["learning_rate"] <= 0:
-        raise ParameterError(f"parameter learning_rate={normalised['learning_rate']}{where} must be positive")
-    if normalised["aggregation"] not in ("mean", "max"):
-        raise ParameterError(f"parameter aggregation={normalised['aggregation']!r}{where}: choose mean or max")
-    if normalised["threshold_method"] not in ("fixed", "youden"):
-        raise ParameterError(
-            f"parameter threshold_method={normalised['threshold_method']!r}{where}: choose fixed or youden")
-    if normalised["weights"] in ("None", "none", "null", ""):
-        normalised["weights"] = None
-    normalised["learning_rate"] = float(normalised["learning_rate"])
-    return normalised
-
-
 def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = None) -> list[ReportJob]:
     """List the notebook executions of a full report run, in order.
 
@@ -148,13 +56,16 @@ def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = No
     """
     parts = list(parameters["body_parts"])
     common = {key.upper(): value for key, value in parameters.items()}
+    recipe = parameter_files.recipe(parameters)
+    # The classifier learns body parts: no pooling of fracture films, and no focal loss (binary only).
+    router_recipe = {**recipe, "pool_parts": [], "loss": "bce"}
     jobs = [
         ReportJob("01_data_exploration", "01_data_exploration", "Data exploration", dict(common)),
         ReportJob("02_preprocessing", "02_preprocessing", "Preprocessing and input pipeline", dict(common)),
     ]
     for part in parts:
         jobs.append(ReportJob("03_train", f"03_train_{part}", f"Training: {part} fracture model",
-                              {**common, "BODY_PART": part, "TARGET": config.FRACTURE_TARGET}))
+                              {**common, "BODY_PART": part, "TARGET": config.FRACTURE_TARGET, "RECIPE": recipe}))
     # The router tells apart every part the data hold enough of, so that a run restricted to one
     # fracture model still trains a usable body-part classifier.
     if router_parts is None:
@@ -162,7 +73,7 @@ def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = No
     if len(router_parts) >= 2:
         jobs.append(ReportJob("03_train", f"03_train_{config.BODY_PART_TARGET}", "Training: body-part classifier",
                               {**common, "BODY_PART": None, "TARGET": config.BODY_PART_TARGET,
-                               "BODY_PARTS": list(router_parts)}))
+                               "BODY_PARTS": list(router_parts), "RECIPE": router_recipe}))
     for part in parts:
         jobs.append(ReportJob("04_evaluate", f"04_evaluate_{part}", f"Evaluation: {part}",
                               {**common, "BODY_PART": part}))
@@ -175,6 +86,21 @@ def _declared_parameters(notebook_path: Path) -> set[str]:
     import papermill
 
     return set(papermill.inspect_notebook(str(notebook_path)).keys())
+
+
+def undelivered_parameters(parameters: dict[str, Any], jobs: list[ReportJob]) -> list[str]:
+    """The parameters no planned notebook receives (declares in its ``parameters`` cell).
+
+    A recipe setting counts as received when notebook 03 declares ``RECIPE``; the runner's own
+    parameters (``parameter_files.RUNNER_PARAMETERS``) are used before any notebook runs.
+    """
+    received: set[str] = set()
+    for notebook in dict.fromkeys(job.notebook for job in jobs):
+        declared = _declared_parameters(config.NOTEBOOKS_DIR / f"{notebook}.ipynb")
+        received |= {name.lower() for name in declared}
+        if "RECIPE" in declared:
+            received |= set(parameter_files.RECIPE_PARAMETERS)
+    return [key for key in parameters if key not in received and key not in parameter_files.RUNNER_PARAMETERS]
 
 
 def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) -> Any:
@@ -470,6 +396,10 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
                  f"({', '.join(router_parts) or 'none'}): the body-part classifier is not trained; "
                  "`predict` then needs --part")
     jobs = plan_reports(parameters, router_parts)
+    undelivered = undelivered_parameters(parameters, plan_reports(parameters))
+    if undelivered:
+        raise ParameterError(f"parameter(s) {', '.join(undelivered)} reach no notebook: a notebook must declare "
+                             "each one (or drop it from the parameter file)")
     if only:
         prefixes = tuple(item.strip() for item in only if item.strip())
         jobs = [job for job in jobs if job.output_stem.startswith(prefixes) or job.notebook.startswith(prefixes)]

@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, datasets, synthetic
+from fracture_lib import config, datasets, recipe, synthetic
 from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
-from fracture_lib.models import build_model, last_conv_layer_name
+from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
 from fracture_lib.preprocess import PreprocessSettings, build_cache
 
@@ -57,7 +57,8 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     weights: str | None = None
-    seed: int = config.DEFAULT_SEED
+    seed: int = config.DEFAULT_SEED  # initial weights, shuffling and augmentation
+    split_seed: int = config.DEFAULT_SEED  # the train/val (and FracAtlas test) split, apart from `seed`
     data_dir: str | None = None
     run_name: str = "default"
     clahe: bool = False
@@ -65,7 +66,19 @@ class TrainConfig:
     rotation_degrees: float = 30.0
     zoom: float = 0.0
     contrast: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    gamma: float = 0.0
     patience: int = 5
+    optimizer: str = "adam"  # adam or adamw (see fracture_lib.recipe)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    schedule: str = "plateau"  # plateau (the LR divided by 10) or cosine (warm-up, then cosine decay)
+    warmup_epochs: int = 0
+    ema_momentum: float = 0.0  # 0: no moving average of the weights
+    loss: str = "bce"  # bce or focal
+    focal_gamma: float = 2.0
+    tta: bool = False  # average the predictions over a horizontal flip (validation, evaluate, predict)
+    pool_parts: tuple[str, ...] = ()  # other parts whose training films also train a fracture model; ("all",): every part
     val_fraction: float = config.DEFAULT_VAL_FRACTION
     dropout_rate: float | None = None  # None: the architecture's default (models.DEFAULT_DROPOUT_RATE)
     parts: tuple[str, ...] = config.DEFAULT_BODY_PARTS
@@ -86,14 +99,30 @@ class TrainConfig:
                 raise ParameterError("the body-part classifier needs at least two parts, e.g. --parts elbow,hand")
         for name in ("img_size", "epochs", "batch_size", "patience"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ParameterError(f"{name}={value!r} must be a positive integer")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ParameterError(f"{name}={value!r} must be a whole number, 0 or more")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)):
+            raise ParameterError(f"learning_rate={self.learning_rate!r} must be a number, e.g. 0.001")
         if not 0 < self.learning_rate < 1:
             raise ParameterError(f"learning_rate={self.learning_rate} must be between 0 and 1, e.g. 0.001")
+        if not isinstance(self.tta, (bool, np.bool_)):
+            raise ParameterError(f"tta={self.tta!r} must be true or false")
+        recipe.check_recipe(self.optimizer, self.schedule, self.loss, self.weight_decay, self.warmup_epochs,
+                            self.ema_momentum, self.focal_gamma, self.epochs)
+        if self.loss == "focal" and self.target != config.FRACTURE_TARGET:
+            raise ParameterError("loss=focal applies to fracture models: train the body-part classifier with loss=bce")
+        self.pool_parts = tuple(config.parse_body_parts(self.pool_parts)) if self.pool_parts else ()
+        if self.pool_parts and self.target != config.FRACTURE_TARGET:
+            raise ParameterError("pool_parts applies to fracture models: the body-part classifier uses --parts")
         if not self.run_name or any(character in self.run_name for character in "/\\") or self.run_name.startswith("."):
             raise ParameterError(f"run_name={self.run_name!r} must be a plain folder name, e.g. 'default'")
         if self.weights in ("", "None", "none", "null"):
             self.weights = None
+        check_architecture(self.arch, self.img_size, self.weights)
         self.augment_settings()  # validates the augmentation values
         self.preprocess_settings()
 
@@ -109,13 +138,20 @@ class TrainConfig:
     def augment_settings(self) -> AugmentSettings:
         """The training-time augmentation."""
         return AugmentSettings(flip=self.flip, rotation_degrees=self.rotation_degrees, zoom=self.zoom,
-                               contrast=self.contrast)
+                               contrast=self.contrast, translate=self.translate, brightness=self.brightness,
+                               gamma=self.gamma)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a JSON-ready dictionary."""
         values = asdict(self)
         values["parts"] = list(self.parts)
+        values["pool_parts"] = list(self.pool_parts)
         return values
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of every parameter."""
+        return tuple(cls.__dataclass_fields__)
 
 
 @dataclass
@@ -203,19 +239,36 @@ def prepare_data_root(data_dir: str | os.PathLike[str] | None = None) -> dataset
 
 
 def training_index(train_config: TrainConfig) -> tuple[datasets.DataSource, pd.DataFrame]:
-    """Return the data source and the index rows a run uses (its body part, or the classifier's parts)."""
+    """Return the data source and the index rows a run uses (its body part, or the classifier's parts).
+
+    A pooled fracture model (``pool_parts``) also gets the *training* films of the pooled parts;
+    its validation and test rows stay those of its own part.
+    """
     train_config.validate()
     source = prepare_data_root(train_config.data_dir)
     # Index every part so the patient split is the same for every model trained on this source.
-    index = datasets.build_index(source, seed=train_config.seed, val_fraction=train_config.val_fraction,
+    index = datasets.build_index(source, seed=train_config.split_seed, val_fraction=train_config.val_fraction,
                                  keep_truncated=train_config.keep_truncated)
     wanted = [train_config.body_part] if train_config.target == config.FRACTURE_TARGET else list(train_config.parts)
-    missing = sorted(set(wanted) - set(index["body_part"]))
+    pooled = [part for part in train_config.pool_parts if part != "all"]
+    missing = sorted(set(wanted + pooled) - set(index["body_part"]))
     if missing:
         present = ", ".join(datasets.sort_parts(index["body_part"].unique()))
         raise FractureLibError(f"no images of {', '.join(missing)} in {source.location} (present: {present}): "
                                "choose parts the data contain")
-    return source, index[index["body_part"].isin(wanted)].reset_index(drop=True)
+    own = index["body_part"].isin(wanted)
+    if train_config.pool_parts:
+        pool = index["body_part"].notna() if "all" in train_config.pool_parts else index["body_part"].isin(pooled)
+        own |= pool & (index["split"] == "train")
+    return source, index[own].reset_index(drop=True)
+
+
+def own_part_rows(subset: pd.DataFrame, run_config: TrainConfig | dict[str, Any]) -> pd.DataFrame:
+    """The rows of a fracture run's own body part (a pooled run also trains on other parts' films)."""
+    values = run_config.to_dict() if isinstance(run_config, TrainConfig) else run_config
+    if values.get("target") != config.FRACTURE_TARGET:
+        return subset
+    return subset[subset["body_part"] == values["body_part"]].reset_index(drop=True)
 
 
 def dataset_summary(train_config: TrainConfig) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -280,11 +333,14 @@ class StopWhenPerfect(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _compile(model: Any, train_config: TrainConfig) -> None:
-    """Attach optimizer, loss and metrics for the run's target."""
-    optimizer = keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+def _compile(model: Any, train_config: TrainConfig, steps_per_epoch: int) -> None:
+    """Attach optimizer (with its schedule and weight averaging), loss and metrics for the run's target."""
+    learning_rate = recipe.learning_rate_schedule(train_config.learning_rate, train_config.schedule, train_config.epochs,
+                                                  steps_per_epoch, train_config.warmup_epochs)
+    optimizer = recipe.make_optimizer(train_config.optimizer, learning_rate, train_config.weight_decay,
+                                      train_config.ema_momentum)
     if train_config.target == config.FRACTURE_TARGET:
-        model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
+        model.compile(optimizer=optimizer, loss=recipe.make_binary_loss(train_config.loss, train_config.focal_gamma),
                       weighted_metrics=[], metrics=[keras.metrics.AUC(name="auroc"),
                                                     keras.metrics.BinaryAccuracy(name="accuracy")])
     else:
@@ -333,7 +389,7 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
                             num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed)
         if replicas > 1:
             _synchronize_batch_normalization(model)
-        _compile(model, train_config)
+        _compile(model, train_config, steps_per_epoch=int(np.ceil(len(train_images) / global_batch)))
 
     final_dir = run_dir_for(train_config.name, train_config.run_name, models_dir)
     chief = _is_chief(strategy)
@@ -348,10 +404,11 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
                   shuffle=False, verbose=verbose if verbose in (0, 1, 2) else 1)
         history = _read_history(work_dir / "history.csv")
         best_metrics = _best_metrics(history, monitor)
-        if earlier_best is not None and best_metrics.get(monitor, -np.inf) <= earlier_best:
-            # The best epoch came before an interruption: EarlyStopping only saw the resumed epochs.
+        if (work_dir / BEST_WEIGHTS).is_file():
+            # The checkpoint of the best epoch (the averaged weights with EMA) is the model saved, also
+            # when the best epoch came before an interruption, which EarlyStopping did not see.
             model.load_weights(work_dir / BEST_WEIGHTS)
-        val_probabilities = predict_images(model, val_images, batch_size=global_batch)
+        val_probabilities = predict_images(model, val_images, batch_size=global_batch, tta=train_config.tta)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
     seconds = time.perf_counter() - started
     run_config = {
@@ -382,12 +439,11 @@ def _callbacks(train_config: TrainConfig, work_dir: Path, earlier_best: float | 
     """Resume, learning-rate decay, early stopping, checkpoints and logs, all kept in ``work_dir``."""
     monitor = _monitor(train_config)
     return [
+        # With EMA, the averaged weights are swapped in first, so every callback below sees them.
+        *recipe.ema_callbacks(train_config.ema_momentum),
         keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
         LearningRateLogger(),
-        # As in the MURA paper, the learning rate drops tenfold when the validation loss plateaus
-        # (smoother than the AUROC of a small validation split).
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.1,
-                                          patience=_plateau_patience(train_config.patience), min_lr=1e-6),
+        *recipe.schedule_callbacks(train_config.schedule, train_config.patience),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=train_config.patience,
                                       restore_best_weights=True),
         StopWhenPerfect(monitor),
@@ -411,7 +467,9 @@ def _run_description(train_config: TrainConfig, model: keras.Model, source: data
         "preprocess": train_config.preprocess_settings().to_dict(),
         "augment": train_config.augment_settings().to_dict(),
         "last_conv_layer": last_conv_layer_name(model),
-        "index_fingerprint": datasets.index_fingerprint(subset),
+        # Evaluation checks the rows of the run's own part; a pooled run also records all it trained on.
+        "index_fingerprint": datasets.index_fingerprint(own_part_rows(subset, train_config)),
+        "training_fingerprint": datasets.index_fingerprint(subset),
         "data_root": str(source.root),
         "data_source": source.to_dict(),
         "synthetic_data": source.synthetic,
@@ -420,14 +478,6 @@ def _run_description(train_config: TrainConfig, model: keras.Model, source: data
         "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-
-
-def _plateau_patience(patience: int) -> int:
-    """Epochs without improvement before the learning rate drops: about half the early-stopping patience.
-
-    So the lower rate gets a few epochs before training stops (5 gives 3).
-    """
-    return max(1, (patience + 1) // 2)
 
 
 def _sample_weights(targets: np.ndarray, class_weights: dict[int, float]) -> np.ndarray:
@@ -545,14 +595,21 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "platform": platform.platform(), "executable": sys.executable}
 
 
-def predict_images(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for uint8 images (N, S, S): shape (N,) for a binary model, (N, C) otherwise."""
+def predict_images(model: Any, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Probabilities for uint8 images (N, S, S): shape (N,) for a binary model, (N, C) otherwise.
+
+    With ``tta`` (test-time augmentation) each image is also scored mirrored left to right, and
+    the two probabilities are averaged.
+    """
     images = np.asarray(images)
     if len(images) == 0:
         width = model.output_shape[-1]
         return np.zeros((0,) if width == 1 else (0, width), dtype=np.float32)
-    probabilities = model.predict(make_dataset(images, batch_size=batch_size), verbose=0)
-    probabilities = np.asarray(probabilities, dtype=np.float32)
+    probabilities = np.asarray(model.predict(make_dataset(images, batch_size=batch_size), verbose=0), dtype=np.float32)
+    if tta:
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        probabilities = (probabilities + np.asarray(model.predict(make_dataset(mirrored, batch_size=batch_size),
+                                                                  verbose=0), dtype=np.float32)) / 2.0
     return probabilities[:, 0] if probabilities.shape[-1] == 1 else probabilities
 
 
@@ -632,7 +689,7 @@ def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathL
     root = datasets.resolve_source(data_root).root
     cache = build_cache(subset, root, run.preprocess, cache_dir=cache_dir, progress=False)
     images, frame = cache.select(split)
-    probabilities = predict_images(run.model, images, batch_size=batch_size)
+    probabilities = predict_images(run.model, images, batch_size=batch_size, tta=bool(run.config.get("tta", False)))
     return _prediction_frame(frame, probabilities, run.config)
 
 

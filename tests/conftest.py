@@ -63,6 +63,7 @@ def tiny_runs(tiny_demo_root: Path) -> dict[str, Path]:
             data_dir=str(tiny_demo_root),
             run_name="tiny",
             seed=0,
+            split_seed=0,
         )
         result = train_model(train_config, models_dir=config.MODELS_DIR, verbose=0)
         runs[part or config.BODY_PART_TARGET] = result.run_dir

@@ -15,6 +15,7 @@ from fracture_lib.models import ARCHITECTURES, build_model, last_conv_layer_name
 # The layer each backbone's Grad-CAM should use (the last 4-D output before global pooling).
 EXPECTED_LAST_CONV = {
     "small_cnn": "last_conv",
+    "resnet_small": "last_conv",
     "densenet169": "relu",
     "densenet121": "relu",
     "resnet50": "conv5_block3_out",
@@ -45,10 +46,11 @@ def test_architecture_builds_and_predicts(arch: str) -> None:
     layer = model.get_layer(name)
     assert layer in model.layers and len(layer.output.shape) == 4
     assert not any(isinstance(sub, keras.Model) for sub in model.layers)
-    # small_cnn's max-pooled detectors train without dropout; the backbones use 0.3.
-    assert model.get_layer("dropout").rate == (0.0 if arch == "small_cnn" else 0.3)
+    # The compact nets' max-pooled detectors train without dropout; the backbones use 0.3.
+    compact = arch in models.COMPACT_ARCHITECTURES
+    assert model.get_layer("dropout").rate == (0.0 if compact else 0.3)
     # Only colour backbones repeat grey to three channels.
-    assert ("grey_to_rgb" in [item.name for item in model.layers]) == (arch != "small_cnn")
+    assert ("grey_to_rgb" in [item.name for item in model.layers]) == (not compact)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])

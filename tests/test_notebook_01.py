@@ -17,6 +17,7 @@ def test_notebook_01_explores_the_demo_set(tiny_demo_root: Path, tmp_path: Path)
         "DATA_DIR": str(tiny_demo_root),
         "BODY_PARTS": ["elbow", "hand"],
         "SEED": 0,
+        "SPLIT_SEED": 0,
     })
     executed = nbformat.read(output_path, as_version=4)
     text = notebook_text(executed)

@@ -21,6 +21,8 @@ def test_notebook_02_shows_preprocessing_cache_and_speed(tiny_demo_root: Path, t
         "IMG_SIZE": 48,
         "CLAHE": True,
         "SEED": 0,
+        "SPLIT_SEED": 0,
+        "RECIPE": {"rotation_degrees": 10.0, "brightness": 0.1},
     })
     executed = nbformat.read(output_path, as_version=4)
     outputs = notebook_outputs(executed)
@@ -31,6 +33,8 @@ def test_notebook_02_shows_preprocessing_cache_and_speed(tiny_demo_root: Path, t
     index = datasets.build_index(tiny_demo_root, parts=["elbow", "shoulder"], seed=0)
     assert f"{len(index):,} images of elbow, shoulder;" in text
     assert "'img_size': 48, 'clahe': True" in text
+    # The first augmentation grid shows the run's own settings (from RECIPE), listed under it.
+    assert "rotation_degrees" in text and "brightness" in text
     # Preprocessing examples (one row per part), two augmentation grids, the throughput chart.
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 4
     geometry = next(text_of(output) for output in outputs if "padding top / left" in text_of(output))

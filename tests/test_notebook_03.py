@@ -17,6 +17,9 @@ def test_notebook_03_trains_and_saves(tiny_demo_root: Path, tmp_path: Path) -> N
     output = run_notebook("03_train", tmp_path, {
         "BODY_PART": "shoulder", "TARGET": "fracture", "IMG_SIZE": TINY_IMG_SIZE, "EPOCHS": 1, "BATCH_SIZE": 16,
         "DATA_DIR": str(tiny_demo_root), "RUN_NAME": "notebook",
+        # Every other training setting arrives in RECIPE and must reach the run (clahe did not once).
+        "RECIPE": {"clahe": True, "optimizer": "adamw", "weight_decay": 0.0001, "schedule": "cosine", "tta": True,
+                   "split_seed": 7, "brightness": 0.1},
     })
     outputs = [item for cell in nbformat.read(str(output), 4).cells for item in cell.get("outputs", [])]
     text = "\n".join(str(item) for item in outputs)
@@ -31,3 +34,7 @@ def test_notebook_03_trains_and_saves(tiny_demo_root: Path, tmp_path: Path) -> N
     assert str(run_dir) in text
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["img_size"] == TINY_IMG_SIZE and saved["epochs"] == 1 and saved["data_root"] == str(tiny_demo_root)
+    assert saved["clahe"] is True and saved["preprocess"]["clahe"] is True and saved["optimizer"] == "adamw"
+    assert (saved["schedule"], saved["tta"], saved["split_seed"], saved["augment"]["brightness"]) == ("cosine", True, 7, 0.1)
+    # The report lists every setting of the run.
+    assert "split_seed" in text and "ema_momentum" in text

@@ -45,7 +45,7 @@ def executed(tiny_runs, tiny_demo_root: Path, tmp_path_factory) -> dict:
             "AGGREGATION": "mean", "THRESHOLD_METHOD": "youden", "N_BOOTSTRAP": N_BOOTSTRAP, "SEED": 0,
         })
         summary = run_notebook("05_summary", work, {
-            "BODY_PARTS": ["elbow", "hand"], "RUN_NAME": RUN_NAME, "DATA_DIR": str(tiny_demo_root), "SEED": 0,
+            "BODY_PARTS": ["elbow", "hand"], "RUN_NAME": RUN_NAME, "DATA_DIR": str(tiny_demo_root), "SPLIT_SEED": 0,
         })
     return {
         "04": nbformat.read(evaluate, as_version=4),
@@ -72,7 +72,7 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
     assert document["n_bootstrap"] == N_BOOTSTRAP and document["seed"] == 0
     # The same evaluation computed here gives the same threshold, estimates and intervals.
     run = train.load_run(run_dir)
-    index = datasets.build_index(tiny_demo_root, parts=["elbow"], seed=run.config.get("seed", 0))
+    index = datasets.build_index(tiny_demo_root, parts=["elbow"], seed=run.config["split_seed"])
     result = metrics.evaluate(pd.read_csv(run_dir / "val_predictions.csv"),
                               train.predict_split(run, index, tiny_demo_root, split="test"),
                               threshold_method="youden", n_boot=N_BOOTSTRAP, seed=0)

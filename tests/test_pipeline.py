@@ -131,6 +131,33 @@ def test_transforms_rotate_about_the_centre_within_the_limit() -> None:
     assert 60 < mirrored.sum() < 140
 
 
+def test_shift_brightness_and_gamma_stay_within_their_limits() -> None:
+    settings = AugmentSettings(flip=False, rotation_degrees=0, translate=0.1, brightness=0.2, gamma=0.5)
+    matrices, grey = random_transforms(300, 40, 40, 0, settings)
+    # The shift moves the centre by at most 10% of the side; the linear part stays the identity.
+    shifts = matrices[:, :, 2]
+    assert np.abs(shifts).max() <= 4.0 + 1e-9 and np.abs(shifts).max() > 3.0
+    np.testing.assert_allclose(matrices[:, :, :2], np.tile(np.eye(2), (300, 1, 1)), atol=1e-12)
+    assert np.abs(grey.brightness).max() <= 0.2 * 255 and grey.gamma.min() >= 1 / 1.5 - 1e-9 and grey.gamma.max() <= 1.5 + 1e-9
+    # The settings added later do not change what a seed gives the older ones.
+    old, _ = random_transforms(50, 40, 40, 7, AugmentSettings(rotation_degrees=20, zoom=0.1))
+    new, _ = random_transforms(50, 40, 40, 7, AugmentSettings(rotation_degrees=20, zoom=0.1, brightness=0.2, gamma=0.3))
+    np.testing.assert_array_equal(old, new)
+
+
+def test_grey_level_changes_keep_the_padding_black() -> None:
+    images = np.zeros((6, 24, 24), dtype=np.uint8)
+    images[:, 4:20, 4:20] = 120
+    settings = AugmentSettings(flip=False, rotation_degrees=0, brightness=0.3, gamma=0.5, contrast=0.0)
+    augmented = augment_images(images, 3, settings)
+    assert np.all(augmented[:, :4, :] == 0) and np.all(augmented[:, :, :4] == 0)
+    inside = augmented[:, 4:20, 4:20]
+    assert inside.min() >= 0 and inside.max() <= 255 and len(np.unique(inside[:, 0, 0])) > 1
+    np.testing.assert_array_equal(augmented, augment_images(images, 3, settings))
+    with pytest.raises(ParameterError, match="translate=0.7"):
+        AugmentSettings(translate=0.7)
+
+
 def test_naive_loader_decodes_every_image_each_epoch(tmp_path) -> None:
     import cv2
 

@@ -13,43 +13,12 @@ import nbformat
 import pytest
 
 from fracture_lib import config, reports
+from fracture_lib import parameters as parameter_files
 from fracture_lib.errors import FractureLibError, ParameterError
 
 
-def test_committed_parameters_are_valid() -> None:
-    parameters = reports.load_parameters()
-    assert parameters["body_parts"] == ["elbow", "hand", "shoulder"]
-    assert parameters["aggregation"] == "mean"
-
-
-def test_overrides_are_read_as_yaml_and_validated() -> None:
-    overrides = reports.parse_overrides(["epochs=3", "body_parts=[elbow]", "weights=imagenet"])
-    assert overrides == {"epochs": 3, "body_parts": ["elbow"], "weights": "imagenet"}
-    parameters = reports.load_parameters(overrides={**overrides, "body_parts": "elbow hand"})
-    assert parameters["epochs"] == 3 and parameters["body_parts"] == ["elbow", "hand"]
-    with pytest.raises(ParameterError, match="KEY=VALUE"):
-        reports.parse_overrides(["epochs"])
-    with pytest.raises(ParameterError, match="unknown parameter 'epoch'"):
-        reports.load_parameters(overrides={"epoch": 3})
-    with pytest.raises(ParameterError, match="epochs=0"):
-        reports.load_parameters(overrides={"epochs": 0})
-    with pytest.raises(ParameterError, match="unknown body part 'knee!'"):
-        reports.load_parameters(overrides={"body_parts": ["knee!"]})
-    with pytest.raises(ParameterError, match="threshold_method"):
-        reports.load_parameters(overrides={"threshold_method": "best"})
-
-
-def test_bad_parameter_file_names_the_file(tmp_path: Path) -> None:
-    broken = tmp_path / "params.yaml"
-    broken.write_text("epochs: [1,\n")
-    with pytest.raises(ParameterError, match=re.escape(str(broken))):
-        reports.load_parameters(broken)
-    with pytest.raises(ParameterError, match="not found"):
-        reports.load_parameters(tmp_path / "absent.yaml")
-
-
 def test_plan_runs_every_stage_in_order() -> None:
-    parameters = reports.load_parameters(overrides={"body_parts": ["elbow", "hand"]})
+    parameters = parameter_files.load_parameters(overrides={"body_parts": ["elbow", "hand"]})
     stems = [job.output_stem for job in reports.plan_reports(parameters)]
     assert stems == [
         "01_data_exploration", "02_preprocessing", "03_train_elbow", "03_train_hand", "03_train_body_part",
@@ -76,7 +45,7 @@ def test_classifier_learns_the_parts_the_data_hold(tmp_path: Path) -> None:
     # Hand and leg have enough films; the one mixed (hand + shoulder) film is no class.
     assert datasets.classifier_parts(index) == ["hand", "leg"]
     assert datasets.classifier_parts(index, minimum=1000) == []
-    parameters = reports.load_parameters(overrides={"body_parts": ["hand", "leg"]})
+    parameters = parameter_files.load_parameters(overrides={"body_parts": ["hand", "leg"]})
     router = {job.output_stem: job for job in reports.plan_reports(parameters, ["hand", "leg", "hip"])}
     assert router["03_train_body_part"].parameters["BODY_PARTS"] == ["hand", "leg", "hip"]
     # With a single part there is nothing to route: no classifier is trained.
@@ -100,7 +69,7 @@ def test_failing_notebook_keeps_previous_reports(tmp_path: Path, tiny_demo_root:
     ]
     nbformat.write(notebook, str(notebooks / "01_data_exploration.ipynb"))
     monkeypatch.setattr(config, "NOTEBOOKS_DIR", notebooks)
-    parameters = reports.load_parameters(overrides={"data_dir": str(tiny_demo_root)})
+    parameters = parameter_files.load_parameters(overrides={"data_dir": str(tiny_demo_root)})
     with pytest.raises(FractureLibError, match=r"01_data_exploration failed in code cell 2: ValueError: bad cell on purpose"):
         reports.run_reports(parameters, reports_dir=reports_dir, only=["01_data_exploration"], progress=lambda _: None)
     assert (reports_dir / "index.html").read_text() == "previous set"
@@ -168,7 +137,7 @@ def test_partial_run_keeps_the_other_pages(tmp_path: Path, tiny_demo_root: Path)
     (reports_dir / "05_summary.html").write_text("summary of an earlier run")
     (reports_dir / "01_data_exploration.html").write_text("old exploration")
     (reports_dir / "metrics" / "elbow.json").write_text(json.dumps({"headline": {"kappa": {"value": 0.5}}}))
-    parameters = reports.load_parameters(overrides={"data_dir": str(tiny_demo_root), "body_parts": ["elbow"]})
+    parameters = parameter_files.load_parameters(overrides={"data_dir": str(tiny_demo_root), "body_parts": ["elbow"]})
     index = reports.run_reports(parameters, reports_dir=reports_dir, only=["01_data_exploration"],
                                 progress=lambda _: None)
     # The remade page replaced the old one; the others are still there and linked.
@@ -195,7 +164,7 @@ def test_reports_run_on_a_fracatlas_folder(tmp_path: Path) -> None:
     # the demo set); the exploration, evaluation and summary notebooks then run on FracAtlas.
     train_model(TrainConfig(body_part="hand", data_dir=str(root), epochs=1, img_size=64, batch_size=16,
                             run_name="fracatlas-e2e", seed=0), verbose=0)
-    parameters = reports.load_parameters(overrides={
+    parameters = parameter_files.load_parameters(overrides={
         "data_dir": str(root), "body_parts": ["hand"], "epochs": 1, "img_size": 64, "batch_size": 16,
         "n_bootstrap": 30, "run_name": "fracatlas-e2e", "seed": 0})
     index = reports.run_reports(parameters, reports_dir=reports_dir, progress=lambda _: None,

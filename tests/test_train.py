@@ -69,7 +69,7 @@ def test_run_writes_every_output_and_reloads(tiny_runs: dict[str, Path]) -> None
     # The saved model reloads (safe mode) and predicts exactly what was saved.
     run = load_run(run_dir)
     assert run.threshold == 0.5 and run.preprocess.img_size == run_config["img_size"]
-    index = datasets.build_index(run_config["data_root"], seed=run_config["seed"])
+    index = datasets.build_index(run_config["data_root"], seed=run_config["split_seed"])
     again = predict_split(run, index, run_config["data_root"], split="val")
     np.testing.assert_allclose(again["probability"], predictions["probability"], atol=1e-5)
     test = predict_split(run, index, run_config["data_root"], split="test")
@@ -78,7 +78,7 @@ def test_run_writes_every_output_and_reloads(tiny_runs: dict[str, Path]) -> None
 
 def test_dataset_summary_matches_the_run(tiny_runs: dict[str, Path], tiny_demo_root: Path) -> None:
     run_config = json.loads((tiny_runs["elbow"] / "config.json").read_text())
-    counts, weights = dataset_summary(TrainConfig(body_part="elbow", data_dir=str(tiny_demo_root), seed=0))
+    counts, weights = dataset_summary(TrainConfig(body_part="elbow", data_dir=str(tiny_demo_root), seed=0, split_seed=0))
     assert list(counts.columns) == ["normal", "abnormal", "total"] and list(counts.index) == ["train", "val", "test"]
     assert counts["total"].to_dict() == run_config["images"]
     assert weights == {"normal": run_config["class_weights"]["0"], "abnormal": run_config["class_weights"]["1"]}

@@ -1,0 +1,146 @@
+"""Choose a from-scratch training recipe on FracAtlas's validation split (the recipe of params/real-cpu.yaml).
+
+Every candidate is a set of ``TrainConfig`` values on top of the defaults of ``params.yaml``. A
+candidate is trained and scored on the *validation* split only; the test split is looked at with
+``test``, once per finished candidate (a second look is refused), and every look is logged, so
+``docs/real-data.md`` can say how many candidates reached the test split.
+
+    python experiments/fracatlas_recipe.py train CANDIDATE [CANDIDATE ...] [--part hand]
+    python experiments/fracatlas_recipe.py test CANDIDATE [--part hand]
+    python experiments/fracatlas_recipe.py table
+
+Runs go to ``experiments/models/`` (not committed); results are appended to
+``experiments/results/fracatlas-val.jsonl`` and ``fracatlas-test.jsonl`` (committed).
+Needs ``../shared/fracatlas`` (or ``--data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from fracture_lib import config, evaluation, train
+from fracture_lib.preprocess import build_cache
+
+HERE = Path(__file__).resolve().parent
+MODELS_DIR = HERE / "models"
+RESULTS_DIR = HERE / "results"
+DEFAULT_DATA = config.PROJECT_ROOT.parent / "shared" / "fracatlas"
+
+# A modern from-scratch recipe: AdamW, warm-up then cosine decay, longer patience, richer augmentation.
+MODERN = {"optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 2,
+          "learning_rate": 2e-3, "epochs": 30, "patience": 10}
+RICH_AUGMENT = {"rotation_degrees": 15.0, "zoom": 0.1, "translate": 0.05, "brightness": 0.1, "contrast": 0.2,
+                "gamma": 0.2}
+
+CANDIDATES: dict[str, dict] = {
+    # The defaults of params.yaml (small_cnn, 128 px, Adam 3e-3, plateau schedule, patience 5).
+    "default-128": {},
+    "default-256": {"img_size": 256},
+    "modern-256": {"img_size": 256, **MODERN},
+    "modern-aug-256": {"img_size": 256, **MODERN, **RICH_AUGMENT},
+    "modern-aug-ema-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "ema_momentum": 0.99},
+    "modern-aug-192": {"img_size": 192, **MODERN, **RICH_AUGMENT},
+    "modern-aug-320": {"img_size": 320, **MODERN, **RICH_AUGMENT},
+    "modern-aug-clahe-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "clahe": True},
+    "modern-aug-focal-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "loss": "focal"},
+    "resnet-aug-256": {"arch": "resnet_small", "img_size": 256, **MODERN, **RICH_AUGMENT},
+    "pooled-aug-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",), "epochs": 15,
+                       "warmup_epochs": 1, "patience": 6},
+}
+
+
+def _write_line(path: Path, record: dict) -> None:
+    """Append one JSON line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _val_aurocs(run_dir: Path, data: Path) -> tuple[float, float]:
+    """Validation AUROC of the saved model without and with the flip average (images = studies here)."""
+    run = train.load_run(run_dir)
+    _, subset = train.training_index(train.TrainConfig(**{key: value for key, value in run.config.items()
+                                                          if key in train.TrainConfig.field_names()}))
+    subset = train.own_part_rows(subset, run.config)
+    cache = build_cache(subset, data, run.preprocess, progress=False)
+    images, frame = cache.select("val")
+    labels = frame["label"].to_numpy()
+    plain = train.predict_images(run.model, images)
+    flipped = train.predict_images(run.model, images, tta=True)
+    return float(roc_auc_score(labels, plain)), float(roc_auc_score(labels, flipped))
+
+
+def train_candidate(name: str, part: str, data: Path, seed: int = config.DEFAULT_SEED) -> dict:
+    """Train one candidate on ``part`` and log its validation AUROC and cost."""
+    values = {"body_part": part, "data_dir": str(data), "run_name": f"{name}-seed{seed}", "seed": seed,
+              **CANDIDATES[name]}
+    started = time.perf_counter()
+    result = train.train_model(train.TrainConfig(**values), models_dir=MODELS_DIR, verbose=2)
+    minutes = (time.perf_counter() - started) / 60
+    plain, flipped = _val_aurocs(result.run_dir, data)
+    record = {"candidate": name, "part": part, "seed": seed, "values": CANDIDATES[name], "val_auroc": plain,
+              "val_auroc_tta": flipped, "best_epoch": (result.config["best_epoch"] or 0) + 1,
+              "epochs_trained": result.config["epochs_trained"], "train_minutes": round(minutes, 2),
+              "train_images": result.config["images"]["train"], "run_dir": str(result.run_dir),
+              "finished": time.strftime("%Y-%m-%d %H:%M")}
+    _write_line(RESULTS_DIR / "fracatlas-val.jsonl", record)
+    print(json.dumps(record))
+    return record
+
+
+def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dict:
+    """Look at the test split once for a finished candidate; refuse a second look."""
+    log = RESULTS_DIR / "fracatlas-test.jsonl"
+    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    if any(row["candidate"] == name and row["part"] == part and row["seed"] == seed for row in earlier):
+        sys.exit(f"{name} ({part}, seed {seed}) has been tested already: the test split is looked at once")
+    run_dir = train.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR)
+    result = evaluation.evaluate_run(run_dir, n_boot=1000)
+    headline = result.result.to_dict()["headline"]
+    record = {"candidate": name, "part": part, "seed": seed, "tta": result.run.config.get("tta", False),
+              "test_auroc": headline["auroc"], "test_kappa": headline["kappa"],
+              "threshold": result.result.threshold, "test_films": result.result.counts["test"]["study"]["n"],
+              "looked": time.strftime("%Y-%m-%d %H:%M")}
+    _write_line(log, record)
+    print(json.dumps(record))
+    return record
+
+
+def table() -> pd.DataFrame:
+    """Every validation result so far, newest last."""
+    rows = [json.loads(line) for line in (RESULTS_DIR / "fracatlas-val.jsonl").read_text().splitlines()]
+    frame = pd.DataFrame(rows)[["candidate", "part", "seed", "val_auroc", "val_auroc_tta", "best_epoch",
+                                "epochs_trained", "train_minutes"]]
+    return frame.round(3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["train", "test", "table"])
+    parser.add_argument("candidates", nargs="*")
+    parser.add_argument("--part", default="hand")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    if args.action == "table":
+        print(table().to_string(index=False))
+        return
+    for name in args.candidates:
+        if name not in CANDIDATES:
+            sys.exit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
+        if args.action == "train":
+            train_candidate(name, args.part, args.data.resolve(), args.seed)
+        else:
+            test_candidate(name, args.part, args.seed)
+
+
+if __name__ == "__main__":
+    main()

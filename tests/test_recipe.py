@@ -125,3 +125,28 @@ def test_split_seed_alone_draws_the_split(tiny_demo_root: Path) -> None:
 
     assert val_patients(seed=1) == val_patients(seed=2)
     assert val_patients(split_seed=1) != val_patients(split_seed=2)
+
+
+def test_train_command_reads_a_preset_then_set_then_named_options(tiny_demo_root: Path, tmp_path: Path, capsys) -> None:
+    from fracture_lib import cli
+
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("img_size: 48\noptimizer: adamw\nweight_decay: 0.001\nepochs: 5\nbatch_size: 16\n")
+    models_dir = tmp_path / "models"
+    code = cli.main(["train", "--part", "elbow", "--data", str(tiny_demo_root), "--params", str(preset),
+                     "--set", "tta=true", "--set", "img_size=40", "--img-size", "32", "--epochs", "1",
+                     "--run-name", "preset", "--models-dir", str(models_dir), "--verbose", "0"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((models_dir / "elbow" / "preset" / "config.json").read_text())
+    # The named option beats --set, which beats the preset, which beats params.yaml.
+    assert (saved["img_size"], saved["epochs"], saved["optimizer"], saved["weight_decay"], saved["tta"]) == \
+        (32, 1, "adamw", 0.001, True)
+    assert saved["learning_rate"] == 0.003 and saved["schedule"] == "plateau"
+    capsys.readouterr()
+    # Bad values fail in one line before any data is read.
+    for arguments, message in ((["--set", "learning_rate=fast"], "learning_rate='fast' must be"),
+                               (["--arch", "densenet196"], "unknown architecture 'densenet196'"),
+                               (["--params", str(tmp_path / "absent.yaml")], "not found")):
+        assert cli.main(["train", "--part", "elbow", "--data", str(tmp_path / "no-data"), *arguments]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1, error

@@ -150,3 +150,21 @@ def test_train_command_reads_a_preset_then_set_then_named_options(tiny_demo_root
         assert cli.main(["train", "--part", "elbow", "--data", str(tmp_path / "no-data"), *arguments]) == 2
         error = capsys.readouterr().err
         assert error.startswith("error: ") and message in error and error.count("\n") == 1, error
+
+
+def test_predict_scores_a_tta_run_over_both_flips(tmp_path: Path) -> None:
+    from fracture_lib.predict import ScoringModel
+    from fracture_lib.preprocess import PreprocessSettings
+    from fracture_lib.train import LoadedRun
+
+    keras.backend.clear_session()
+    model = build_model("small_cnn", 32, seed=5)
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+
+    def scorer(tta: bool) -> ScoringModel:
+        run = LoadedRun(model=model, config={"tta": tta}, run_dir=tmp_path, preprocess=PreprocessSettings(img_size=32),
+                        threshold=0.5, classes=[0, 1], name="elbow")
+        return ScoringModel(run)
+
+    np.testing.assert_allclose(scorer(True).scores(images), predict_images(model, images, tta=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scorer(False).scores(images), predict_images(model, images), rtol=1e-5, atol=1e-6)

@@ -7,6 +7,9 @@ candidate is trained and scored on the *validation* split only; the test split i
 
     python experiments/fracatlas_recipe.py train CANDIDATE [CANDIDATE ...] [--part hand]
     python experiments/fracatlas_recipe.py test CANDIDATE [--part hand]
+    python experiments/fracatlas_recipe.py train CANDIDATE --seed 43     # another ensemble member
+    python experiments/fracatlas_recipe.py ensemble CANDIDATE --seeds 42,43,44
+    python experiments/fracatlas_recipe.py test-ensemble CANDIDATE --seeds 42,43,44
     python experiments/fracatlas_recipe.py table
 
 Runs go to ``experiments/models/`` (not committed); results are appended to
@@ -49,13 +52,15 @@ CANDIDATES: dict[str, dict] = {
     "modern-aug-ema-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "ema_momentum": 0.99},
     "modern-aug-192": {"img_size": 192, **MODERN, **RICH_AUGMENT},
     "modern-aug-320": {"img_size": 320, **MODERN, **RICH_AUGMENT},
-    "modern-aug-clahe-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "clahe": True},
-    "modern-aug-focal-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "loss": "focal"},
+    "modern-aug-ema-clahe-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "ema_momentum": 0.99, "clahe": True},
+    "modern-aug-ema-focal-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "ema_momentum": 0.99, "loss": "focal"},
     "resnet-aug-256": {"arch": "resnet_small", "img_size": 256, **MODERN, **RICH_AUGMENT},
     # No early stopping (patience = epochs): the whole cosine schedule runs, and EMA smooths the noisy
     # validation AUROC of 123 films that otherwise picks a lucky epoch.
     "pooled-aug-ema-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",), "epochs": 24,
                            "patience": 24, "ema_momentum": 0.99},
+    "resnet-aug-ema-256": {"arch": "resnet_small", "img_size": 256, **MODERN, **RICH_AUGMENT, "patience": 30,
+                           "ema_momentum": 0.99},
     "long-aug-ema-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "epochs": 80, "patience": 80,
                          "ema_momentum": 0.99, "warmup_epochs": 3},
 }
@@ -118,20 +123,77 @@ def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dic
     return record
 
 
+def _member_dirs(name: str, part: str, seeds: list[int]) -> list[Path]:
+    """The run folders of an ensemble's members (one per seed; the split is the same for all)."""
+    dirs = [train.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR) for seed in seeds]
+    missing = [str(path) for path in dirs if not (path / "model.keras").is_file()]
+    if missing:
+        sys.exit(f"train the members first: {', '.join(missing)}")
+    return dirs
+
+
+def _average(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One prediction table whose probability is the members' mean (rows matched by path)."""
+    merged = frames[0].drop(columns="probability").copy()
+    stacked = np.stack([frame.set_index("path").loc[merged["path"], "probability"].to_numpy() for frame in frames])
+    merged["probability"] = stacked.mean(axis=0)
+    return merged
+
+
+def ensemble_val(name: str, part: str, seeds: list[int]) -> dict:
+    """Validation AUROC of the mean of several seeds' predictions (from their val_predictions.csv)."""
+    dirs = _member_dirs(name, part, seeds)
+    frames = [pd.read_csv(path / "val_predictions.csv") for path in dirs]
+    averaged = _average(frames)
+    minutes = [row["train_minutes"] for row in map(json.loads, (RESULTS_DIR / "fracatlas-val.jsonl").read_text().splitlines())
+               if row["candidate"] == name and row["part"] == part and row["seed"] in seeds]
+    record = {"candidate": f"{name} x{len(seeds)} seeds", "part": part, "seeds": seeds,
+              "val_auroc": float(roc_auc_score(averaged["label"], averaged["probability"])),
+              "member_val_auroc": [float(roc_auc_score(frame["label"], frame["probability"])) for frame in frames],
+              "train_minutes": round(float(sum(minutes)), 2), "finished": time.strftime("%Y-%m-%d %H:%M")}
+    _write_line(RESULTS_DIR / "fracatlas-val.jsonl", record)
+    print(json.dumps(record))
+    return record
+
+
+def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
+    """Look at the test split once for an ensemble: the members' mean probability, the threshold from val."""
+    from fracture_lib import metrics
+
+    label = f"{name} x{len(seeds)} seeds"
+    log = RESULTS_DIR / "fracatlas-test.jsonl"
+    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    if any(row["candidate"] == label and row["part"] == part for row in earlier):
+        sys.exit(f"{label} ({part}) has been tested already: the test split is looked at once")
+    evaluations = [evaluation.evaluate_run(path, n_boot=10) for path in _member_dirs(name, part, seeds)]
+    val = _average([item.val_predictions for item in evaluations])
+    test = _average([item.predictions for item in evaluations])
+    result = metrics.evaluate(val, test, aggregation="mean", threshold_method="fixed", n_boot=1000,
+                              seed=config.DEFAULT_SEED)
+    headline = result.to_dict()["headline"]
+    record = {"candidate": label, "part": part, "seed": seeds, "tta": evaluations[0].run.config.get("tta", False),
+              "test_auroc": headline["auroc"], "test_kappa": headline["kappa"], "threshold": result.threshold,
+              "test_films": result.counts["test"]["study"]["n"], "looked": time.strftime("%Y-%m-%d %H:%M")}
+    _write_line(log, record)
+    print(json.dumps(record))
+    return record
+
+
 def table() -> pd.DataFrame:
     """Every validation result so far, newest last."""
     rows = [json.loads(line) for line in (RESULTS_DIR / "fracatlas-val.jsonl").read_text().splitlines()]
-    frame = pd.DataFrame(rows)[["candidate", "part", "seed", "val_auroc", "val_auroc_tta", "best_epoch",
-                                "epochs_trained", "train_minutes"]]
+    frame = pd.DataFrame(rows).reindex(columns=["candidate", "part", "seed", "val_auroc", "val_auroc_tta", "best_epoch",
+                                                "epochs_trained", "train_minutes"])
     return frame.round(3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["train", "test", "table"])
+    parser.add_argument("action", choices=["train", "test", "ensemble", "test-ensemble", "table"])
     parser.add_argument("candidates", nargs="*")
     parser.add_argument("--part", default="hand")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--seeds", default="42,43,44", help="ensemble members' seeds (ensemble, test-ensemble)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     if args.action == "table":
@@ -140,10 +202,15 @@ def main() -> None:
     for name in args.candidates:
         if name not in CANDIDATES:
             sys.exit(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
+        seeds = [int(seed) for seed in args.seeds.split(",")]
         if args.action == "train":
             train_candidate(name, args.part, args.data.resolve(), args.seed)
-        else:
+        elif args.action == "test":
             test_candidate(name, args.part, args.seed)
+        elif args.action == "ensemble":
+            ensemble_val(name, args.part, seeds)
+        else:
+            ensemble_test(name, args.part, seeds)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ as one ``RECIPE`` dictionary; ``reports`` refuses a parameter that would reach n
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,6 +22,7 @@ import yaml
 
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
+from fracture_lib.files import native_stderr_to
 
 NUMBER = (float, int)
 
@@ -181,8 +183,12 @@ def validate_parameters(parameters: dict[str, Any], source: Path | None = None) 
 
 def _check_training_values(parameters: dict[str, Any], where: str) -> None:
     """Validate the training values as ``TrainConfig`` does, for the first body part."""
-    from fracture_lib import train
-
+    if "tensorflow" in sys.modules:
+        from fracture_lib import train
+    else:
+        # TensorFlow's C++ start-up notices would land between the command's own lines.
+        with native_stderr_to(os.devnull):
+            from fracture_lib import train
     try:
         train.TrainConfig(body_part=parameters["body_parts"][0] if parameters["body_parts"] else None,
                           **training_values(parameters)).validate()

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 from fracture_lib import config
 from fracture_lib import parameters as parameter_files
 from fracture_lib.errors import FractureLibError, ParameterError
-from fracture_lib.files import write_text_atomically
+from fracture_lib.files import native_stderr_to, write_text_atomically
 
 # Files and folders of a report set; they are replaced together when a new set is complete.
 EXECUTED_DIRNAME = "executed"
@@ -92,11 +92,16 @@ def undelivered_parameters(parameters: dict[str, Any], jobs: list[ReportJob]) ->
     """The parameters no planned notebook receives (declares in its ``parameters`` cell).
 
     A recipe setting counts as received when notebook 03 declares ``RECIPE``; the runner's own
-    parameters (``parameter_files.RUNNER_PARAMETERS``) are used before any notebook runs.
+    parameters (``parameter_files.RUNNER_PARAMETERS``) are used before any notebook runs. With a
+    planned notebook missing nothing is listed (its absence is reported when it runs).
     """
+    paths = [config.NOTEBOOKS_DIR / f"{notebook}.ipynb" for notebook in dict.fromkeys(job.notebook for job in jobs)]
+    if not all(path.is_file() for path in paths):
+        # Without the whole set nothing can be concluded; a missing notebook is reported when it runs.
+        return []
     received: set[str] = set()
-    for notebook in dict.fromkeys(job.notebook for job in jobs):
-        declared = _declared_parameters(config.NOTEBOOKS_DIR / f"{notebook}.ipynb")
+    for path in paths:
+        declared = _declared_parameters(path)
         received |= {name.lower() for name in declared}
         if "RECIPE" in declared:
             received |= set(parameter_files.RECIPE_PARAMETERS)
@@ -124,27 +129,6 @@ def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) ->
 KERNEL_LOG_FILENAME = "kernels-stderr.log"
 
 
-@contextlib.contextmanager
-def _stderr_to(log_path: Path) -> Iterator[None]:
-    """Send everything written to this process's stderr, and its kernels', to ``log_path``.
-
-    The kernels inherit the file descriptor, so TensorFlow's C++ start-up notices land in the
-    log instead of between the progress lines; errors still surface as exceptions.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(log_path, "ab") as log:
-            os.dup2(log.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-
-
 def _execute(job: ReportJob, executed_dir: Path) -> Path:
     """Execute one notebook with papermill; raise FractureLibError naming the failing cell."""
     import papermill
@@ -157,7 +141,7 @@ def _execute(job: ReportJob, executed_dir: Path) -> Path:
     parameters = {name: value for name, value in job.parameters.items() if name in declared}
     output = executed_dir / f"{job.output_stem}.ipynb"
     try:
-        with _stderr_to(executed_dir / KERNEL_LOG_FILENAME):
+        with native_stderr_to(executed_dir / KERNEL_LOG_FILENAME):
             papermill.execute_notebook(
                 str(source),
                 str(output),

@@ -95,7 +95,7 @@ def test_two_workers_train_identical_weights(tiny_demo_root: Path, tmp_path: Pat
     # predicting with the saved model gets the same numbers.
     saved = pd.read_csv(chief_dir / "val_predictions.csv")
     run = load_run(chief_dir)
-    index = datasets.build_index(tiny_demo_root, seed=0)
+    index = datasets.build_index(tiny_demo_root, seed=run.config["split_seed"])
     again = predict_split(run, index, tiny_demo_root, split="val", cache_dir=tmp_path / "cache-check")
     assert list(again["path"]) == list(saved["path"])
     np.testing.assert_allclose(again["probability"], saved["probability"], atol=1e-5)

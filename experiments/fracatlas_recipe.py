@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from fracture_lib import config, evaluation, train
+from fracture_lib import config, evaluation, runs, train
 from fracture_lib.preprocess import build_cache
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +76,7 @@ def _write_line(path: Path, record: dict) -> None:
 
 def _val_aurocs(run_dir: Path, data: Path) -> tuple[float, float]:
     """Validation AUROC of the saved model without and with the flip average (images = studies here)."""
-    run = train.load_run(run_dir)
+    run = runs.load_run(run_dir)
     _, subset = train.training_index(train.TrainConfig(**{key: value for key, value in run.config.items()
                                                           if key in train.TrainConfig.field_names()}))
     subset = train.own_part_rows(subset, run.config)
@@ -112,7 +112,7 @@ def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dic
     earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     if any(row["candidate"] == name and row["part"] == part and row["seed"] == seed for row in earlier):
         sys.exit(f"{name} ({part}, seed {seed}) has been tested already: the test split is looked at once")
-    run_dir = train.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR)
+    run_dir = runs.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR)
     result = evaluation.evaluate_run(run_dir, n_boot=1000)
     headline = result.result.to_dict()["headline"]
     record = {"candidate": name, "part": part, "seed": seed, "tta": result.run.config.get("tta", False),
@@ -126,7 +126,7 @@ def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dic
 
 def _member_dirs(name: str, part: str, seeds: list[int]) -> list[Path]:
     """The run folders of an ensemble's members (one per seed; the split is the same for all)."""
-    dirs = [train.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR) for seed in seeds]
+    dirs = [runs.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR) for seed in seeds]
     missing = [str(path) for path in dirs if not (path / "model.keras").is_file()]
     if missing:
         sys.exit(f"train the members first: {', '.join(missing)}")
@@ -159,8 +159,6 @@ def ensemble_val(name: str, part: str, seeds: list[int]) -> dict:
 
 def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
     """Look at the test split once for an ensemble: the members' mean probability, the threshold from val."""
-    from fracture_lib import metrics
-
     label = f"{name} x{len(seeds)} seeds"
     log = RESULTS_DIR / "fracatlas-test.jsonl"
     earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
@@ -169,8 +167,8 @@ def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
     evaluations = [evaluation.evaluate_run(path, n_boot=10) for path in _member_dirs(name, part, seeds)]
     val = _average([item.val_predictions for item in evaluations])
     test = _average([item.predictions for item in evaluations])
-    result = metrics.evaluate(val, test, aggregation="mean", threshold_method="fixed", n_boot=1000,
-                              seed=config.DEFAULT_SEED)
+    result = evaluation.evaluate(val, test, aggregation="mean", threshold_method="fixed", n_boot=1000,
+                                 seed=config.DEFAULT_SEED)
     headline = result.to_dict()["headline"]
     record = {"candidate": label, "part": part, "seed": seeds, "tta": evaluations[0].run.config.get("tta", False),
               "test_auroc": headline["auroc"], "test_kappa": headline["kappa"], "threshold": result.threshold,

@@ -99,7 +99,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["data_dir"] = str(config.resolve_path(values["data_dir"]))
     train_config = TrainConfig(target=args.target, body_part=args.part, parts=config.parse_body_parts(args.parts),
                                keep_truncated=args.keep_truncated, **values)
-    result = train_model(train_config, models_dir=os.path.abspath(args.models_dir), verbose=args.verbose)
+    result = train_model(train_config, models_dir=os.path.abspath(args.models_dir), verbose=args.verbose,
+                         restart=args.restart)
     metric = "val_auroc" if args.target == config.FRACTURE_TARGET else "val_accuracy"
     best = result.best_metrics.get(metric, float("nan"))
     epoch = result.config.get("best_epoch")
@@ -111,13 +112,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     """Score images or study folders with the trained runs; exit 1 when any input failed."""
-    from fracture_lib import predict
+    from fracture_lib import predict, prediction_output
 
     # Folders typed on the command line are taken from the shell's working directory.
     gradcam_dir = os.path.abspath(args.gradcam) if args.gradcam else None
     results = predict.predict_paths(args.paths, models_dir=os.path.abspath(args.models), part=args.part,
                                     run_name=args.run_name, gradcam_dir=gradcam_dir)
-    print(predict.format_json_lines(results) if args.json else predict.format_table(results))
+    print(prediction_output.format_json_lines(results) if args.json else prediction_output.format_table(results))
     # Errors go to stderr, one line each, so stdout stays parseable with --json.
     for result in results:
         if result.error is not None:
@@ -129,16 +130,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a fracture run on a split of its own data or, with --external, of another source."""
     import json
 
-    from fracture_lib import evaluation, metrics, train
+    from fracture_lib import evaluation, files, runs
 
-    run = train.load_run(train.find_run(config.parse_body_parts(args.part)[0], args.run_name,
-                                        models_dir=os.path.abspath(args.models)))
+    run = runs.load_run(runs.find_run(config.parse_body_parts(args.part)[0], args.run_name,
+                                      models_dir=os.path.abspath(args.models)))
     result = evaluation.evaluate_run(run, os.path.abspath(args.data) if args.data else None, split=args.split,
                                      external=args.external, aggregation=args.aggregation,
                                      threshold_method=args.threshold_method, n_boot=args.n_bootstrap, seed=args.seed)
     out_path = evaluation.save_run_evaluation(result, os.path.abspath(args.out) if args.out else None)
     if args.json:
-        print(json.dumps(metrics.json_ready(result.to_dict()), allow_nan=False))
+        print(json.dumps(files.json_ready(result.to_dict()), allow_nan=False))
     else:
         print(result.summary())
         print(f"written to {out_path}")
@@ -147,10 +148,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """List the trained runs with their headline metrics."""
-    from fracture_lib import predict
+    from fracture_lib import runs
 
-    runs = predict.list_trained_runs(os.path.abspath(args.models))
-    print(predict.format_runs_json(runs) if args.json else predict.format_runs_table(runs))
+    table = runs.list_runs(os.path.abspath(args.models))
+    print(runs.format_runs_json(table) if args.json else runs.format_runs_table(table))
     return 0
 
 

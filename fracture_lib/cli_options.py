@@ -37,6 +37,8 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-name", default=None, help="folder name of the run under models/<name>/ (default: as in the parameter file)")
     parser.add_argument("--models-dir", default=str(config.MODELS_DIR), help="where runs are written (default models/)")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an interrupted attempt of this run (models/<name>/.partial-<run>) and train from the first epoch")
 
 
 def add_predict(parser: argparse.ArgumentParser) -> None:

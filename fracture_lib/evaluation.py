@@ -1,9 +1,13 @@
-"""A trained fracture run evaluated on a split of a data source: internal or external validation.
+"""Evaluating a fracture run: every metric with its interval, written to disk; internal and external validation.
+
+``evaluate`` turns a run's validation and test predictions into ``EvaluationResult`` (the threshold
+chosen on validation, every metric of ``metrics`` at image and study level with patient-bootstrap
+intervals); ``save_evaluation`` writes it.
 
 ``evaluate_run`` is the one implementation behind ``python -m fracture_lib evaluate`` and
 notebook 04. It loads the run, rebuilds the index of the source with the run's own split
 settings, scores the split through the preprocessing cache, and measures every metric at image
-and study level with 95% bootstrap intervals over patients (``metrics.evaluate``). The decision
+and study level with 95% bootstrap intervals over patients (``evaluate``). The decision
 threshold is always chosen on the run's **own** validation predictions (``val_predictions.csv``,
 written when it was trained) and applied unchanged to the evaluated split.
 
@@ -13,26 +17,191 @@ written when it was trained) and applied unchanged to the evaluated split.
 - **External** (``external=True``): any other source, for example a MURA-trained hand model on
   FracAtlas's hand films. It is labelled ``external`` everywhere, and its data never move the
   threshold. ``split="all"`` scores every image of an external source.
+
+Files written by ``save_evaluation`` (read by ``predict``, ``models``, ``reports`` and notebook 05)::
+
+    models/<part>/<run>/evaluation.json
+    {
+      "body_part": "elbow", "run_name": "default", "run_dir": str,
+      "threshold": 0.5,                 # decide "abnormal" when probability >= threshold
+      "threshold_method": "fixed" | "youden",   # chosen on the validation split
+      "aggregation": "mean" | "max",    # image -> study probability
+      "split": "test",                  # the split the headline metrics were measured on
+      "study": {"kappa": float, "auroc": float, "sensitivity": float,
+                "specificity": float, "accuracy": float},   # test split, study level
+      "metrics_file": str,              # the full report below
+      "created": ISO 8601 time
+    }
+
+    reports/metrics/<part>.json  (config.METRICS_DIR)
+    {
+      "body_part", "run_name", "run_dir", "threshold", "threshold_method", "aggregation",
+      "n_bootstrap", "seed", "confidence": 0.95, "n_bins": 10, "created",
+      "headline": {"split": "test", "level": "study", "threshold": float,
+                   "kappa": {"value", "ci_low", "ci_high"}, "auroc": {...},
+                   "sensitivity": {...}, "specificity": {...}, "accuracy": {...}},
+      "metrics": {"<split>": {"<level>": {"<metric>": {"value", "ci_low", "ci_high"}}}},
+      "counts": {"<split>": {"<level>": {"n", "n_positive", "tp", "fp", "tn", "fn"}}},
+      "extra": {...}                    # anything the caller adds (e.g. the pointing game)
+    }
+
+``split`` is ``val`` or ``test``, ``level`` is ``image`` or ``study``, ``metric`` one of
+``METRIC_NAMES``. Values that are undefined (for example AUROC on a single class) are ``null``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
-from fracture_lib import config, datasets, metrics
+from fracture_lib import config, datasets, runs
 from fracture_lib.errors import DataLayoutError, FractureLibError, ParameterError
-from fracture_lib.files import write_text_atomically
+from fracture_lib.files import json_ready, write_json_atomically
+from fracture_lib.metrics import (AGGREGATIONS, COUNT_NAMES, DEFAULT_N_BINS, DEFAULT_THRESHOLD, HEADLINE_METRICS,
+                                  LEVELS, METRIC_NAMES, TABLE_COLUMNS, THRESHOLD_METHODS, aggregate_studies,
+                                  binary_metrics, bootstrap_intervals, check_columns, choose_threshold, format_interval)
 
 EVALUATED_SPLITS = ("test", "val", "train", "all")
 EVALUATIONS_DIRNAME = "evaluations"
+
+
+@dataclass
+class EvaluationResult:
+    """Everything ``evaluate`` measured: the tidy table, the threshold and the scored items.
+
+    ``predictions[split][level]`` are the val/test image and study tables with ``predicted``
+    (0/1 at the threshold) added; ``counts[split][level]`` the confusion counts.
+    """
+
+    table: pd.DataFrame
+    threshold: float
+    threshold_method: str
+    aggregation: str
+    n_boot: int
+    seed: int
+    confidence: float
+    n_bins: int
+    predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+    def metric(self, name: str, level: str = "study", split: str = "test") -> float:
+        """The point estimate of one metric."""
+        rows = self.table[(self.table["metric"] == name) & (self.table["level"] == level)
+                          & (self.table["split"] == split)]
+        if rows.empty:
+            raise ParameterError(f"no metric {name!r} at {level} level on the {split} split")
+        return float(rows["value"].iloc[0])
+
+    def wide(self, split: str = "test") -> pd.DataFrame:
+        """One row per metric, ``value [ci_low, ci_high]`` columns per level: the readable table."""
+        rows = self.table[self.table["split"] == split]
+        text = rows.apply(lambda row: format_interval(row["value"], row["ci_low"], row["ci_high"]), axis=1)
+        wide = rows.assign(text=text).pivot(index="metric", columns="level", values="text")
+        return wide.reindex(index=list(METRIC_NAMES), columns=[level for level in LEVELS if level in wide.columns])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready summary (``metrics``, ``counts``, ``headline`` and the settings)."""
+        metrics: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
+        for row in self.table.itertuples(index=False):
+            metrics.setdefault(row.split, {}).setdefault(row.level, {})[row.metric] = {
+                "value": json_ready(row.value), "ci_low": json_ready(row.ci_low), "ci_high": json_ready(row.ci_high),
+            }
+        headline: dict[str, Any] = {"split": "test", "level": "study", "threshold": self.threshold}
+        for name in HEADLINE_METRICS:
+            headline[name] = metrics.get("test", {}).get("study", {}).get(name)
+        return {
+            "threshold": self.threshold,
+            "threshold_method": self.threshold_method,
+            "aggregation": self.aggregation,
+            "n_bootstrap": self.n_boot,
+            "seed": self.seed,
+            "confidence": self.confidence,
+            "n_bins": self.n_bins,
+            "headline": headline,
+            "metrics": metrics,
+            "counts": self.counts,
+        }
+
+
+def _level_tables(predictions: pd.DataFrame, aggregation: str) -> dict[str, pd.DataFrame]:
+    """The image table (as given) and the study table of one split."""
+    check_columns(predictions, ("study", "label", "probability"), "the prediction table")
+    images = predictions.reset_index(drop=True).copy()
+    images["label"] = images["label"].astype(int)
+    return {"image": images, "study": aggregate_studies(images, aggregation)}
+
+
+def _clusters(frame: pd.DataFrame) -> np.ndarray:
+    """The bootstrap unit of each row: the patient when known, else the study."""
+    return frame["patient" if "patient" in frame.columns else "study"].to_numpy()
+
+
+def evaluate(val_predictions: pd.DataFrame, test_predictions: pd.DataFrame, aggregation: str = "mean",
+             threshold_method: str = "fixed", n_boot: int = 1000, seed: int = config.DEFAULT_SEED,
+             fixed_threshold: float = DEFAULT_THRESHOLD, confidence: float = 0.95, n_bins: int = DEFAULT_N_BINS) -> EvaluationResult:
+    """Evaluate one fracture run: threshold on val (study level), every metric with CIs on both splits.
+
+    Each prediction table has one row per image with ``study``, ``label``, ``probability`` (and
+    ``patient``, the bootstrap unit). The threshold is chosen on the validation split's study
+    probabilities and applied unchanged to images and studies of both splits.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ParameterError(f"unknown aggregation {aggregation!r}: choose {' or '.join(AGGREGATIONS)}")
+    splits = {"val": _level_tables(val_predictions, aggregation), "test": _level_tables(test_predictions, aggregation)}
+    val_studies = splits["val"]["study"]
+    threshold = choose_threshold(val_studies["label"], val_studies["probability"], threshold_method, fixed_threshold)
+    rows, counts = [], {}
+    for split, levels in splits.items():
+        counts[split] = {}
+        for level, frame in levels.items():
+            intervals = bootstrap_intervals(frame["label"], frame["probability"], _clusters(frame), threshold,
+                                            n_boot, seed, confidence, n_bins)
+            rows.extend({"split": split, "level": level, "metric": metric, **values}
+                        for metric, values in intervals.to_dict(orient="index").items())
+            frame["predicted"] = (frame["probability"] >= threshold).astype(int)
+            point = binary_metrics(frame["label"], frame["probability"], threshold, n_bins)
+            counts[split][level] = {"n": int(len(frame)), "n_positive": int(frame["label"].sum()),
+                                    **{name: point[name] for name in COUNT_NAMES}}
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return EvaluationResult(table, threshold, threshold_method, aggregation, n_boot, seed, confidence, n_bins,
+                            splits, counts)
+
+
+def save_evaluation(result: EvaluationResult, run_dir: str | os.PathLike[str],
+                    metrics_path: str | os.PathLike[str] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<run_dir>/evaluation.json`` and the full metrics file (see the module docstring).
+
+    ``metrics_path`` defaults to ``config.METRICS_DIR / <part>.json``, the part being the run's
+    parent folder name. ``extra`` (JSON-ready) is stored under ``"extra"``. Returns both paths.
+    """
+    run_dir = Path(run_dir)
+    body_part, run_name = run_dir.parent.name, run_dir.name
+    metrics_path = Path(metrics_path) if metrics_path is not None else config.METRICS_DIR / f"{body_part}.json"
+    created = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    identity = {"body_part": body_part, "run_name": run_name, "run_dir": str(run_dir)}
+    document = {**identity, **result.to_dict(), "extra": dict(extra or {}), "created": created}
+    headline = document["headline"]
+    evaluation = {
+        **identity,
+        "threshold": result.threshold,
+        "threshold_method": result.threshold_method,
+        "aggregation": result.aggregation,
+        "split": "test",
+        "study": {name: (headline[name] or {}).get("value") for name in HEADLINE_METRICS},
+        "metrics_file": str(metrics_path),
+        "created": created,
+    }
+    write_json_atomically(metrics_path, document)
+    write_json_atomically(run_dir / runs.EVALUATION_FILENAME, evaluation)
+    return run_dir / runs.EVALUATION_FILENAME, metrics_path
 
 
 @dataclass
@@ -43,7 +212,7 @@ class RunEvaluation:
     source: datasets.DataSource
     split: str
     external: bool
-    result: metrics.EvaluationResult
+    result: EvaluationResult
     val_predictions: pd.DataFrame
     predictions: pd.DataFrame
     index: pd.DataFrame
@@ -97,13 +266,9 @@ def trained_source(run: Any) -> datasets.DataSource:
 
 def evaluation_defaults(run: Any) -> tuple[str, str]:
     """The aggregation and threshold method of the run's ``evaluation.json`` (notebook 04), else mean/fixed."""
-    path = Path(run.run_dir) / metrics.EVALUATION_FILENAME
-    try:
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        saved = {}
-    aggregation = saved.get("aggregation") if saved.get("aggregation") in metrics.AGGREGATIONS else "mean"
-    method = saved.get("threshold_method") if saved.get("threshold_method") in metrics.THRESHOLD_METHODS else "fixed"
+    saved = runs.read_evaluation(run.run_dir)
+    aggregation = runs.read_aggregation(run.run_dir)
+    method = saved.get("threshold_method") if saved.get("threshold_method") in THRESHOLD_METHODS else "fixed"
     return aggregation, method
 
 
@@ -158,8 +323,8 @@ def evaluate_run(run: Any, data: str | os.PathLike[str] | datasets.DataSource | 
     """
     from fracture_lib import train
 
-    if not isinstance(run, train.LoadedRun):
-        run = train.load_run(run)
+    if not isinstance(run, runs.LoadedRun):
+        run = runs.load_run(run)
     if run.config.get("target") != config.FRACTURE_TARGET:
         raise ParameterError(f"{run.run_dir} is the body-part classifier: evaluate a fracture model (--part PART)")
     if split not in EVALUATED_SPLITS:
@@ -169,10 +334,10 @@ def evaluate_run(run: Any, data: str | os.PathLike[str] | datasets.DataSource | 
     default_aggregation, default_method = evaluation_defaults(run)
     aggregation = aggregation or default_aggregation
     threshold_method = threshold_method or default_method
-    if aggregation not in metrics.AGGREGATIONS:
-        raise ParameterError(f"aggregation {aggregation!r} is unknown: choose {' or '.join(metrics.AGGREGATIONS)}")
-    if threshold_method not in metrics.THRESHOLD_METHODS:
-        raise ParameterError(f"threshold method {threshold_method!r} is unknown: choose {' or '.join(metrics.THRESHOLD_METHODS)}")
+    if aggregation not in AGGREGATIONS:
+        raise ParameterError(f"aggregation {aggregation!r} is unknown: choose {' or '.join(AGGREGATIONS)}")
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ParameterError(f"threshold method {threshold_method!r} is unknown: choose {' or '.join(THRESHOLD_METHODS)}")
 
     source = trained_source(run) if data is None else datasets.resolve_source(data)
     rows = _part_rows(run, source)
@@ -181,7 +346,7 @@ def evaluate_run(run: Any, data: str | os.PathLike[str] | datasets.DataSource | 
         rows = rows.assign(split="all")
     predictions = train.predict_split(run, rows, source, split=split, cache_dir=cache_dir)
     val_predictions = pd.read_csv(Path(run.run_dir) / "val_predictions.csv")
-    result = metrics.evaluate(val_predictions, predictions, aggregation=aggregation, threshold_method=threshold_method,
+    result = evaluate(val_predictions, predictions, aggregation=aggregation, threshold_method=threshold_method,
                               n_boot=n_boot, seed=seed)
     return RunEvaluation(run, source, split, external, result, val_predictions, predictions, rows)
 
@@ -195,5 +360,4 @@ def default_output_path(evaluation: RunEvaluation) -> Path:
 def save_run_evaluation(evaluation: RunEvaluation, path: str | os.PathLike[str] | None = None) -> Path:
     """Write the evaluation as JSON (atomically); the run's ``evaluation.json`` is left as it is."""
     target = Path(path) if path is not None else default_output_path(evaluation)
-    document = metrics.json_ready(evaluation.to_dict())
-    return write_text_atomically(target, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return write_json_atomically(target, evaluation.to_dict())

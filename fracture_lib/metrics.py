@@ -22,46 +22,15 @@ calling scikit-learn 10 x 1000 times takes tens of seconds, so the resamples are
 by ``weighted_metric_matrix`` (each resample is a vector of row multiplicities, and the same
 formulas scikit-learn applies with ``sample_weight``); the tests check it against scikit-learn.
 
-Files written by ``save_evaluation`` (read by ``predict``, ``models``, ``reports`` and notebook 05)::
-
-    models/<part>/<run>/evaluation.json
-    {
-      "body_part": "elbow", "run_name": "default", "run_dir": str,
-      "threshold": 0.5,                 # decide "abnormal" when probability >= threshold
-      "threshold_method": "fixed" | "youden",   # chosen on the validation split
-      "aggregation": "mean" | "max",    # image -> study probability
-      "split": "test",                  # the split the headline metrics were measured on
-      "study": {"kappa": float, "auroc": float, "sensitivity": float,
-                "specificity": float, "accuracy": float},   # test split, study level
-      "metrics_file": str,              # the full report below
-      "created": ISO 8601 time
-    }
-
-    reports/metrics/<part>.json  (config.METRICS_DIR)
-    {
-      "body_part", "run_name", "run_dir", "threshold", "threshold_method", "aggregation",
-      "n_bootstrap", "seed", "confidence": 0.95, "n_bins": 10, "created",
-      "headline": {"split": "test", "level": "study", "threshold": float,
-                   "kappa": {"value", "ci_low", "ci_high"}, "auroc": {...},
-                   "sensitivity": {...}, "specificity": {...}, "accuracy": {...}},
-      "metrics": {"<split>": {"<level>": {"<metric>": {"value", "ci_low", "ci_high"}}}},
-      "counts": {"<split>": {"<level>": {"n", "n_positive", "tp", "fp", "tn", "fn"}}},
-      "extra": {...}                    # anything the caller adds (e.g. the pointing game)
-    }
-
-``split`` is ``val`` or ``test``, ``level`` is ``image`` or ``study``, ``metric`` one of
-``METRIC_NAMES``. Values that are undefined (for example AUROC on a single class) are ``null``.
+How a run's evaluation is assembled from these and written to disk is in ``evaluation``;
+summaries across parts in ``summary``; the body-part classifier and the two-stage pipeline
+in ``routing``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,7 +49,6 @@ from sklearn.metrics import (
 
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
-from fracture_lib.files import write_text_atomically
 
 # The metrics of ``binary_metrics``, in the order tables show them.
 METRIC_NAMES: tuple[str, ...] = (
@@ -101,13 +69,9 @@ HEADLINE_METRICS: tuple[str, ...] = ("kappa", "auroc", "sensitivity", "specifici
 AGGREGATIONS: tuple[str, ...] = ("mean", "max")
 THRESHOLD_METHODS: tuple[str, ...] = ("fixed", "youden")
 LEVELS: tuple[str, ...] = ("image", "study")
-# Decision outcomes, in the order galleries show them: right calls first, then the mistakes.
-OUTCOMES: tuple[str, ...] = ("true positive", "false positive", "false negative", "true negative")
 TABLE_COLUMNS: list[str] = ["split", "level", "metric", "value", "ci_low", "ci_high"]
-EVALUATION_FILENAME = "evaluation.json"
-# The MURA paper's DenseNet-169 study-level Cohen's kappa (Rajpurkar et al. 2017, Table 2),
-# measured on MURA's hidden test set; ours are measured on the public valid set.
-MURA_PAPER_KAPPA: dict[str, float] = {"elbow": 0.710, "hand": 0.851, "shoulder": 0.729}
+# The threshold of the "fixed" method, and of a run that has not been evaluated yet.
+DEFAULT_THRESHOLD = 0.5
 DEFAULT_N_BINS = 10
 
 
@@ -133,7 +97,7 @@ def _as_arrays(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float
     return label_array.astype(int), probability_array
 
 
-def _check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     """Raise ``ParameterError`` naming the missing columns of ``frame``."""
     missing = [column for column in columns if column not in frame.columns]
     if missing:
@@ -150,7 +114,7 @@ def aggregate_studies(predictions: pd.DataFrame, method: str = "mean") -> pd.Dat
     """
     if method not in AGGREGATIONS:
         raise ParameterError(f"unknown aggregation {method!r}: choose {' or '.join(AGGREGATIONS)}")
-    _check_columns(predictions, ("study", "label", "probability"), "the prediction table")
+    check_columns(predictions, ("study", "label", "probability"), "the prediction table")
     grouped = predictions.groupby("study", sort=True)
     # MURA labels studies, not images: every image of a study must carry the study's label.
     labels_per_study = grouped["label"].nunique()
@@ -243,7 +207,7 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, probabilities: Sequence[f
 
 
 def choose_threshold(labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray,
-                     method: str = "fixed", fixed: float = 0.5) -> float:
+                     method: str = "fixed", fixed: float = DEFAULT_THRESHOLD) -> float:
     """Pick the decision threshold on the validation split.
 
     ``"fixed"`` returns ``fixed``; ``"youden"`` returns the probability that maximises Youden's
@@ -272,7 +236,7 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, probabilities: Sequence
 # --------------------------------------------------------------------------------------------
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def divide_or_nan(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Element-wise ratio with NaN where the denominator is zero."""
     numerator = np.asarray(numerator, dtype=float)
     denominator = np.asarray(denominator, dtype=float)
@@ -293,12 +257,12 @@ def _ranking_metrics(weights: np.ndarray, labels: np.ndarray, probabilities: np.
     # AUROC: each positive beats the negatives ranked below it and ties half of its own group.
     negatives_below = total_negative[:, None] - np.cumsum(negative_weights, axis=1)
     pairs = (positive_weights * (negatives_below + 0.5 * negative_weights)).sum(axis=1)
-    auroc = _divide(pairs, total_positive * total_negative)
+    auroc = divide_or_nan(pairs, total_positive * total_negative)
     # Average precision: the precision at each threshold, weighted by the recall it adds.
     true_positives = np.cumsum(positive_weights, axis=1)
     called_positive = true_positives + np.cumsum(negative_weights, axis=1)
-    precision = np.nan_to_num(_divide(true_positives, called_positive))
-    auprc = _divide((positive_weights * precision).sum(axis=1), total_positive)
+    precision = np.nan_to_num(divide_or_nan(true_positives, called_positive))
+    auprc = divide_or_nan((positive_weights * precision).sum(axis=1), total_positive)
     return auroc, auprc
 
 
@@ -319,23 +283,23 @@ def weighted_metric_matrix(weights: np.ndarray, labels: Sequence[int] | np.ndarr
     fn = weights @ (labels_float * (1 - predicted))
     tn = weights @ ((1 - labels_float) * (1 - predicted))
     total = tp + fp + fn + tn
-    observed_agreement = _divide(tp + tn, total)
-    chance_agreement = _divide((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn), total**2)
+    observed_agreement = divide_or_nan(tp + tn, total)
+    chance_agreement = divide_or_nan((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn), total**2)
     bins = calibration_bins(probability_array, n_bins)
     bin_indicator = np.eye(n_bins)[bins]
     calibration_gaps = weights @ (bin_indicator * (labels_float - probability_array)[:, None])
     auroc, auprc = _ranking_metrics(weights, labels_float, probability_array)
     return {
         "accuracy": observed_agreement,
-        "sensitivity": _divide(tp, tp + fn),
-        "specificity": _divide(tn, tn + fp),
-        "precision": _divide(tp, tp + fp),
-        "f1": _divide(2 * tp, 2 * tp + fp + fn),
-        "kappa": _divide(observed_agreement - chance_agreement, 1 - chance_agreement),
+        "sensitivity": divide_or_nan(tp, tp + fn),
+        "specificity": divide_or_nan(tn, tn + fp),
+        "precision": divide_or_nan(tp, tp + fp),
+        "f1": divide_or_nan(2 * tp, 2 * tp + fp + fn),
+        "kappa": divide_or_nan(observed_agreement - chance_agreement, 1 - chance_agreement),
         "auroc": auroc,
         "auprc": auprc,
-        "brier": _divide(weights @ (probability_array - labels_float) ** 2, total),
-        "ece": _divide(np.abs(calibration_gaps).sum(axis=1), total),
+        "brier": divide_or_nan(weights @ (probability_array - labels_float) ** 2, total),
+        "ece": divide_or_nan(np.abs(calibration_gaps).sum(axis=1), total),
     }
 
 
@@ -384,70 +348,6 @@ def bootstrap_intervals(labels: Sequence[int] | np.ndarray, probabilities: Seque
     return pd.DataFrame(rows).set_index("metric")
 
 
-# --------------------------------------------------------------------------------------------
-# Evaluation of one run
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluationResult:
-    """Everything ``evaluate`` measured: the tidy table, the threshold and the scored items.
-
-    ``predictions[split][level]`` are the val/test image and study tables with ``predicted``
-    (0/1 at the threshold) added; ``counts[split][level]`` the confusion counts.
-    """
-
-    table: pd.DataFrame
-    threshold: float
-    threshold_method: str
-    aggregation: str
-    n_boot: int
-    seed: int
-    confidence: float
-    n_bins: int
-    predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
-    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-
-    def metric(self, name: str, level: str = "study", split: str = "test") -> float:
-        """The point estimate of one metric."""
-        rows = self.table[(self.table["metric"] == name) & (self.table["level"] == level)
-                          & (self.table["split"] == split)]
-        if rows.empty:
-            raise ParameterError(f"no metric {name!r} at {level} level on the {split} split")
-        return float(rows["value"].iloc[0])
-
-    def wide(self, split: str = "test") -> pd.DataFrame:
-        """One row per metric, ``value [ci_low, ci_high]`` columns per level: the readable table."""
-        rows = self.table[self.table["split"] == split]
-        text = rows.apply(lambda row: format_interval(row["value"], row["ci_low"], row["ci_high"]), axis=1)
-        wide = rows.assign(text=text).pivot(index="metric", columns="level", values="text")
-        return wide.reindex(index=list(METRIC_NAMES), columns=[level for level in LEVELS if level in wide.columns])
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready summary (``metrics``, ``counts``, ``headline`` and the settings)."""
-        metrics: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
-        for row in self.table.itertuples(index=False):
-            metrics.setdefault(row.split, {}).setdefault(row.level, {})[row.metric] = {
-                "value": _json_number(row.value), "ci_low": _json_number(row.ci_low),
-                "ci_high": _json_number(row.ci_high),
-            }
-        headline: dict[str, Any] = {"split": "test", "level": "study", "threshold": self.threshold}
-        for name in HEADLINE_METRICS:
-            headline[name] = metrics.get("test", {}).get("study", {}).get(name)
-        return {
-            "threshold": self.threshold,
-            "threshold_method": self.threshold_method,
-            "aggregation": self.aggregation,
-            "n_bootstrap": self.n_boot,
-            "seed": self.seed,
-            "confidence": self.confidence,
-            "n_bins": self.n_bins,
-            "headline": headline,
-            "metrics": metrics,
-            "counts": self.counts,
-        }
-
-
 def format_interval(value: float, low: float, high: float, digits: int = 3) -> str:
     """``0.812 [0.751, 0.866]``; ``n/a`` for an undefined value."""
     if value is None or not np.isfinite(value):
@@ -455,328 +355,3 @@ def format_interval(value: float, low: float, high: float, digits: int = 3) -> s
     if low is None or not (np.isfinite(low) and np.isfinite(high)):
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _json_number(value: Any) -> float | None:
-    """A float for JSON, ``None`` for NaN/inf."""
-    return float(value) if value is not None and np.isfinite(value) else None
-
-
-def _level_tables(predictions: pd.DataFrame, aggregation: str) -> dict[str, pd.DataFrame]:
-    """The image table (as given) and the study table of one split."""
-    _check_columns(predictions, ("study", "label", "probability"), "the prediction table")
-    images = predictions.reset_index(drop=True).copy()
-    images["label"] = images["label"].astype(int)
-    return {"image": images, "study": aggregate_studies(images, aggregation)}
-
-
-def _clusters(frame: pd.DataFrame) -> np.ndarray:
-    """The bootstrap unit of each row: the patient when known, else the study."""
-    return frame["patient" if "patient" in frame.columns else "study"].to_numpy()
-
-
-def evaluate(val_predictions: pd.DataFrame, test_predictions: pd.DataFrame, aggregation: str = "mean",
-             threshold_method: str = "fixed", n_boot: int = 1000, seed: int = config.DEFAULT_SEED,
-             fixed_threshold: float = 0.5, confidence: float = 0.95, n_bins: int = DEFAULT_N_BINS) -> EvaluationResult:
-    """Evaluate one fracture run: threshold on val (study level), every metric with CIs on both splits.
-
-    Each prediction table has one row per image with ``study``, ``label``, ``probability`` (and
-    ``patient``, the bootstrap unit). The threshold is chosen on the validation split's study
-    probabilities and applied unchanged to images and studies of both splits.
-    """
-    if aggregation not in AGGREGATIONS:
-        raise ParameterError(f"unknown aggregation {aggregation!r}: choose {' or '.join(AGGREGATIONS)}")
-    splits = {"val": _level_tables(val_predictions, aggregation), "test": _level_tables(test_predictions, aggregation)}
-    val_studies = splits["val"]["study"]
-    threshold = choose_threshold(val_studies["label"], val_studies["probability"], threshold_method, fixed_threshold)
-    rows, counts = [], {}
-    for split, levels in splits.items():
-        counts[split] = {}
-        for level, frame in levels.items():
-            intervals = bootstrap_intervals(frame["label"], frame["probability"], _clusters(frame), threshold,
-                                            n_boot, seed, confidence, n_bins)
-            rows.extend({"split": split, "level": level, "metric": metric, **values}
-                        for metric, values in intervals.to_dict(orient="index").items())
-            frame["predicted"] = (frame["probability"] >= threshold).astype(int)
-            point = binary_metrics(frame["label"], frame["probability"], threshold, n_bins)
-            counts[split][level] = {"n": int(len(frame)), "n_positive": int(frame["label"].sum()),
-                                    **{name: point[name] for name in COUNT_NAMES}}
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    return EvaluationResult(table, threshold, threshold_method, aggregation, n_boot, seed, confidence, n_bins,
-                            splits, counts)
-
-
-def outcomes(labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray) -> np.ndarray:
-    """``"true positive"``, ``"false positive"``, ``"false negative"`` or ``"true negative"`` per item."""
-    label_array = np.asarray(labels).astype(int)
-    predicted_array = np.asarray(predicted).astype(int)
-    correct = np.where(label_array == predicted_array, "true", "false")
-    called = np.where(predicted_array == 1, "positive", "negative")
-    return np.char.add(np.char.add(correct, " "), called).astype(object)
-
-
-def examples_by_outcome(predictions: pd.DataFrame, threshold: float, per_outcome: int = 4) -> pd.DataFrame:
-    """Up to ``per_outcome`` items of each outcome (``OUTCOMES`` order), the most confident first.
-
-    Adds ``predicted``, ``outcome`` and ``confidence`` (distance of the probability from the
-    threshold). Used to pick the Grad-CAM gallery.
-    """
-    _check_columns(predictions, ("label", "probability"), "the prediction table")
-    table = predictions.copy()
-    table["predicted"] = (table["probability"] >= threshold).astype(int)
-    table["outcome"] = outcomes(table["label"], table["predicted"])
-    table["confidence"] = (table["probability"] - threshold).abs()
-    table["order"] = table["outcome"].map({name: number for number, name in enumerate(OUTCOMES)})
-    table = table.sort_values(["order", "confidence"], ascending=[True, False], kind="mergesort")
-    return table.groupby("order", sort=True).head(per_outcome).drop(columns="order").reset_index(drop=True)
-
-
-def most_confident_mistakes(predictions: pd.DataFrame, threshold: float, count: int = 10) -> pd.DataFrame:
-    """The ``count`` wrong decisions farthest from the threshold (false positives and negatives)."""
-    _check_columns(predictions, ("label", "probability"), "the prediction table")
-    predicted = (predictions["probability"] >= threshold).astype(int)
-    mistakes = predictions[predicted != predictions["label"]].copy()
-    mistakes["error"] = outcomes(mistakes["label"], 1 - mistakes["label"])
-    mistakes["confidence"] = (mistakes["probability"] - threshold).abs()
-    return mistakes.sort_values("confidence", ascending=False, kind="mergesort").head(count).reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with NumPy numbers made plain and NaN/inf made ``None``, recursively."""
-    if isinstance(value, Mapping):
-        return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(item) for item in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _json_number(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
-    """Write ``document`` as JSON to a temporary sibling of ``path`` and rename it into place."""
-    write_text_atomically(path, json.dumps(json_ready(document), indent=2, allow_nan=False) + "\n")
-
-
-def save_evaluation(result: EvaluationResult, run_dir: str | os.PathLike[str],
-                    metrics_path: str | os.PathLike[str] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``<run_dir>/evaluation.json`` and the full metrics file (see the module docstring).
-
-    ``metrics_path`` defaults to ``config.METRICS_DIR / <part>.json``, the part being the run's
-    parent folder name. ``extra`` (JSON-ready) is stored under ``"extra"``. Returns both paths.
-    """
-    run_dir = Path(run_dir)
-    body_part, run_name = run_dir.parent.name, run_dir.name
-    metrics_path = Path(metrics_path) if metrics_path is not None else config.METRICS_DIR / f"{body_part}.json"
-    created = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    identity = {"body_part": body_part, "run_name": run_name, "run_dir": str(run_dir)}
-    document = {**identity, **result.to_dict(), "extra": dict(extra or {}), "created": created}
-    headline = document["headline"]
-    evaluation = {
-        **identity,
-        "threshold": result.threshold,
-        "threshold_method": result.threshold_method,
-        "aggregation": result.aggregation,
-        "split": "test",
-        "study": {name: (headline[name] or {}).get("value") for name in HEADLINE_METRICS},
-        "metrics_file": str(metrics_path),
-        "created": created,
-    }
-    _write_json_atomically(metrics_path, document)
-    _write_json_atomically(run_dir / EVALUATION_FILENAME, evaluation)
-    return run_dir / EVALUATION_FILENAME, metrics_path
-
-
-def load_metrics(body_part: str, metrics_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The metrics file of one body part, or ``None`` when it has not been written."""
-    path = Path(metrics_dir or config.METRICS_DIR) / f"{body_part}.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def summary_table(body_parts: Sequence[str], metrics_dir: str | os.PathLike[str] | None = None,
-                  metrics: Sequence[str] = ("kappa", "auroc", "sensitivity", "specificity")) -> pd.DataFrame:
-    """One row per body part with the test split's study-level metrics and their CIs.
-
-    Columns: ``body_part``, ``status`` (``ok`` or why it is missing), ``threshold``, then
-    ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high`` for each metric.
-    """
-    rows = []
-    for part in body_parts:
-        document = load_metrics(part, metrics_dir)
-        row: dict[str, Any] = {"body_part": part}
-        if document is None:
-            row["status"] = "no metrics: run notebook 04 for this part"
-        else:
-            row["status"] = "ok"
-            row["run_name"] = document.get("run_name")
-            row["threshold"] = document.get("threshold")
-            study = document.get("metrics", {}).get("test", {}).get("study", {})
-            for name in metrics:
-                values = study.get(name) or {}
-                for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
-                    row[name + suffix] = values.get(key)
-        rows.append(row)
-    columns = ["body_part", "status", "run_name", "threshold"]
-    columns += [name + suffix for name in metrics for suffix in ("", "_ci_low", "_ci_high")]
-    return pd.DataFrame(rows).reindex(columns=columns).astype({name: float for name in columns[3:]})
-
-
-def summary_display_table(summary: pd.DataFrame, paper_kappa: Mapping[str, float] | None = None,
-                          metrics: Sequence[str] = ("kappa", "auroc", "sensitivity", "specificity")) -> pd.DataFrame:
-    """``summary_table`` as readable text: ``value [low, high]`` per metric, the paper's kappa beside ours."""
-    rows = []
-    for record in summary.to_dict(orient="records"):
-        row = {"body part": record["body_part"]}
-        for name in metrics:
-            row[f"{name} (95% CI)"] = format_interval(record.get(name), record.get(f"{name}_ci_low"),
-                                                      record.get(f"{name}_ci_high"))
-            if name == "kappa" and paper_kappa is not None:
-                reference = paper_kappa.get(record["body_part"])
-                row["MURA paper kappa"] = "n/a" if reference is None else f"{reference:.3f}"
-        threshold = record.get("threshold")
-        row["threshold"] = "n/a" if threshold is None or not np.isfinite(threshold) else f"{threshold:.3f}"
-        row["status"] = record["status"]
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("body part")
-
-
-def describe_predictions(predictions: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Images, studies, patients and abnormal studies of each named prediction table."""
-    rows = []
-    for name, frame in predictions.items():
-        studies = frame.drop_duplicates("study")
-        rows.append({"split": name, "images": len(frame), "studies": len(studies),
-                     "patients": frame["patient"].nunique() if "patient" in frame.columns else None,
-                     "abnormal studies": int(studies["label"].sum()),
-                     "share abnormal (studies)": f"{studies['label'].mean():.1%}" if len(studies) else "n/a"})
-    return pd.DataFrame(rows).set_index("split")
-
-
-# --------------------------------------------------------------------------------------------
-# The body-part classifier and the two-stage pipeline
-# --------------------------------------------------------------------------------------------
-
-
-def _probability_columns(predictions: pd.DataFrame, classes: Sequence[str]) -> list[str]:
-    """The ``prob_<class>`` columns of a classifier prediction table, checked."""
-    columns = [f"prob_{name}" for name in classes]
-    _check_columns(predictions, columns, "the body-part prediction table")
-    return columns
-
-
-def aggregate_body_part_studies(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """One row per study of the body-part classifier: mean class probabilities, then the argmax.
-
-    This is how ``predict`` routes a study folder. Returns ``study``, ``label`` (the true part),
-    ``predicted``, ``probability`` (of the predicted part) and ``prob_<class>`` columns.
-    """
-    columns = _probability_columns(predictions, classes)
-    _check_columns(predictions, ("study", "label"), "the body-part prediction table")
-    grouped = predictions.groupby("study", sort=True)
-    studies = grouped[columns].mean()
-    best = studies.to_numpy().argmax(axis=1)
-    result = pd.DataFrame({
-        "study": studies.index,
-        "label": grouped["label"].first().to_numpy(),
-        "predicted": np.asarray(classes, dtype=object)[best],
-        "probability": studies.to_numpy().max(axis=1),
-    })
-    return pd.concat([result, studies.reset_index(drop=True)], axis=1)
-
-
-def classifier_metrics(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, per-class recall and the confusion matrix (rows: true class)."""
-    label_array = np.asarray(labels, dtype=object)
-    predicted_array = np.asarray(predicted, dtype=object)
-    if label_array.size == 0:
-        raise ParameterError("no predictions to evaluate: the split is empty")
-    matrix = confusion_matrix(label_array, predicted_array, labels=list(classes))
-    confusion = pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
-    recall = pd.Series(_divide(np.diag(matrix), matrix.sum(axis=1)), index=list(classes), name="recall")
-    present = recall.dropna()
-    return {
-        "n": int(label_array.size),
-        "accuracy": float(accuracy_score(label_array, predicted_array)),
-        "balanced_accuracy": float(present.mean()) if len(present) else math.nan,
-        "recall": recall,
-        "confusion": confusion,
-    }
-
-
-def two_stage_accuracy(studies: pd.DataFrame, scores: pd.DataFrame, thresholds: Mapping[str, float]) -> dict[str, Any]:
-    """Study-level accuracy of router-then-fracture-model against using the true part's model.
-
-    ``studies``: one row per study with ``study``, ``body_part`` (true part), ``routed_part``
-    (the classifier's choice) and ``label``. ``scores``: ``study``, ``model_part``,
-    ``probability`` (the study probability given by that part's fracture model); each study
-    needs a score from the model of its true part and of its routed part. ``thresholds``:
-    part -> threshold. A study routed to a part without a model counts as a mistake
-    (``unscored``). Returns ``n``, ``routing_accuracy``, ``unscored``, ``accuracy`` and ``kappa``
-    for both routes, and ``per_study`` (a frame with both decisions).
-    """
-    _check_columns(studies, ("study", "body_part", "routed_part", "label"), "the study table")
-    _check_columns(scores, ("study", "model_part", "probability"), "the score table")
-    lookup = scores.drop_duplicates(["study", "model_part"]).set_index(["study", "model_part"])["probability"]
-    per_study = studies[["study", "body_part", "routed_part", "label"]].reset_index(drop=True).copy()
-    for route, column in (("true_part", "body_part"), ("two_stage", "routed_part")):
-        keys = pd.MultiIndex.from_arrays([per_study["study"], per_study[column]])
-        probability = lookup.reindex(keys).to_numpy()
-        threshold = per_study[column].map(lambda part: thresholds.get(part, np.nan)).to_numpy(dtype=float)
-        scored = np.isfinite(probability) & np.isfinite(threshold)
-        decision = np.where(scored, (np.nan_to_num(probability) >= np.nan_to_num(threshold)).astype(float), np.nan)
-        per_study[f"{route}_probability"] = probability
-        per_study[f"{route}_decision"] = decision
-    result: dict[str, Any] = {
-        "n": int(len(per_study)),
-        "routing_accuracy": float((per_study["body_part"] == per_study["routed_part"]).mean()) if len(per_study) else math.nan,
-        "per_study": per_study,
-    }
-    labels = per_study["label"].astype(int).to_numpy()
-    for route in ("true_part", "two_stage"):
-        decision = per_study[f"{route}_decision"].to_numpy()
-        scored = np.isfinite(decision)
-        # An unscored study is a wrong answer: the pipeline could not give one.
-        correct = scored & (np.nan_to_num(decision, nan=-1) == labels)
-        result[f"{route}_unscored"] = int((~scored).sum())
-        result[f"{route}_accuracy"] = float(correct.mean()) if len(labels) else math.nan
-        filled = np.where(scored, decision, 1 - labels).astype(int)
-        result[f"{route}_kappa"] = binary_metrics(labels, filled, 0.5)["kappa"] if len(labels) else math.nan
-    return result
-
-
-def two_stage_from_predictions(router_predictions: pd.DataFrame, classes: Sequence[str],
-                               fracture_predictions: Mapping[str, pd.DataFrame], thresholds: Mapping[str, float],
-                               parts: Sequence[str] | None = None) -> dict[str, Any]:
-    """``two_stage_accuracy`` from image-level prediction tables of one split.
-
-    ``router_predictions``: the body-part classifier's table (``label`` = true part,
-    ``prob_<class>``). ``fracture_predictions``: part -> that part's fracture model's table on
-    the same images (all parts, so that misrouted studies can be scored too). Studies are
-    scored at study level (mean of images) and limited to true parts in ``parts`` (default: the
-    parts with a fracture model).
-    """
-    if not fracture_predictions:
-        raise ParameterError("no fracture model predictions: train a fracture model first")
-    router_studies = aggregate_body_part_studies(router_predictions, classes)
-    fracture_studies = {part: aggregate_studies(frame, "mean") for part, frame in fracture_predictions.items()}
-    scores = pd.concat([frame[["study", "probability"]].assign(model_part=part)
-                        for part, frame in fracture_studies.items()], ignore_index=True)
-    labels = pd.concat([frame[["study", "label"]] for frame in fracture_studies.values()]).drop_duplicates("study")
-    studies = (router_studies[["study", "label", "predicted"]]
-               .rename(columns={"label": "body_part", "predicted": "routed_part"})
-               .merge(labels, on="study", how="inner"))
-    studies = studies[studies["body_part"].isin(list(parts or fracture_predictions))]
-    return two_stage_accuracy(studies, scores, thresholds)

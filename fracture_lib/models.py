@@ -221,8 +221,8 @@ def check_architecture(arch: str, img_size: int, weights: str | os.PathLike[str]
         raise ParameterError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
     if not _is_integer(img_size) or img_size < MINIMUM_SIZE[arch]:
         raise ParameterError(f"img_size={img_size!r} is too small for {arch}: use at least {MINIMUM_SIZE[arch]} pixels")
-    if weights is not None and str(weights).strip().lower() == "imagenet" and arch in COMPACT_ARCHITECTURES:
-        raise ParameterError(f"{arch} has no ImageNet weights: use weights=None, or a backbone such as densenet169")
+    # ImageNet weights the architecture cannot take, or a weights file that is not there.
+    _split_weights(arch, weights)
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,

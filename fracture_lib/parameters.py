@@ -23,6 +23,7 @@ import yaml
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
 from fracture_lib.files import native_stderr_to
+from fracture_lib.metrics import AGGREGATIONS, THRESHOLD_METHODS
 
 NUMBER = (float, int)
 
@@ -74,8 +75,6 @@ TRAINING_PARAMETERS = ("arch", "weights", "img_size", "epochs", "batch_size", "l
 # Parameters the report runner itself uses (no notebook declares them).
 RUNNER_PARAMETERS = ("demo_patients",)
 PRESETS_DIR = config.PROJECT_ROOT / "params"
-AGGREGATIONS = ("mean", "max")
-THRESHOLD_METHODS = ("fixed", "youden")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -44,26 +44,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from fracture_lib import config, imageio
+from fracture_lib import config, imageio, runs
+from fracture_lib.metrics import DEFAULT_THRESHOLD
 from fracture_lib.errors import FractureLibError, ImageReadError, ModelNotFoundError, ParameterError
 
 # File types a study folder is searched for (case-insensitive); other files are ignored.
 IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES
 ABNORMAL = "abnormal"
 NORMAL = "normal"
-DEFAULT_THRESHOLD = 0.5
-EVALUATION_FILE = "evaluation.json"  # written next to the model by notebook 04
-AGGREGATIONS = ("mean", "max")
 
 
 @dataclass
@@ -212,42 +208,6 @@ class ScoringModel:
         return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
 
 
-def trained_on_synthetic_data(run) -> bool:
-    """Tell whether a run was trained on the synthetic demo data (as far as its config says)."""
-    from fracture_lib import synthetic
-
-    run_config = run.config or {}
-    if run_config.get("synthetic_data") is not None:
-        return bool(run_config["synthetic_data"])
-    data_root = run_config.get("data_root")
-    return bool(data_root) and synthetic.is_synthetic(Path(data_root))
-
-
-def _run_names(folder: Path) -> list[str]:
-    """The complete runs in a model folder (``model.keras`` present; hidden work folders skipped)."""
-    if not folder.is_dir():
-        return []
-    return sorted(child.name for child in folder.iterdir()
-                  if not child.name.startswith(".") and (child / "model.keras").is_file())
-
-
-def _missing_model_message(name: str, models_dir: Path, run_name: str | None) -> str:
-    """The one-line 'no trained model' message with the command that trains one."""
-    folder = models_dir / name
-    if name == config.BODY_PART_TARGET:
-        train_command = "python -m fracture_lib train --target body_part"
-        what = "no trained body-part classifier"
-        extra = " or pass --part PART"
-    else:
-        train_command = f"python -m fracture_lib train --part {name}"
-        what = f"no trained model for {name!r}"
-        extra = ""
-    if run_name is not None:
-        what += f" with run name {run_name!r}"
-        train_command += f" --run-name {run_name}"
-    return f"{what} in {folder}: run `make reports` or `{train_command}`{extra}"
-
-
 class Predictor:
     """Scores inputs with the runs in ``models_dir``; each run is loaded once and kept.
 
@@ -281,37 +241,23 @@ class Predictor:
             raise loaded
         return loaded
 
-    def _load_run(self, name: str):
+    def _load_run(self, name: str) -> runs.LoadedRun:
         """Find and load the run of ``name`` in safe mode, or raise ``ModelNotFoundError``."""
-        from fracture_lib import train
-
-        folder = self.models_dir / name
-        has_runs = bool(_run_names(folder))
-        if not has_runs:
-            raise ModelNotFoundError(_missing_model_message(name, self.models_dir, None))
-        try:
-            run_dir = train.find_run(name, run_name=self.run_name, models_dir=self.models_dir)
-        except ModelNotFoundError as error:
-            if self.run_name is None:
-                raise
-            available = _run_names(folder)
-            raise ModelNotFoundError(
-                _missing_model_message(name, self.models_dir, self.run_name)
-                + f" (runs there: {', '.join(available)})"
-            ) from error
-        return train.load_run(run_dir)
+        if not runs.run_names(self.models_dir / name):
+            raise ModelNotFoundError(runs.missing_model_message(name, self.models_dir))
+        return runs.load_run(runs.find_run(name, run_name=self.run_name, models_dir=self.models_dir))
 
     def trained_parts(self) -> list[str]:
         """The body parts that have at least one trained fracture run here."""
         return sorted(child.name for child in self.models_dir.iterdir()
-                      if child.is_dir() and child.name != config.BODY_PART_TARGET and _run_names(child))
+                      if child.is_dir() and child.name != config.BODY_PART_TARGET and runs.run_names(child))
 
     def check_part(self, part: str) -> None:
         """Raise ``ParameterError`` for a part that is neither MURA's nor has a trained model here.
 
         (A MURA part without a model is not a usage error: each input then says which model to train.)
         """
-        if part not in config.ALL_BODY_PARTS and not _run_names(self.models_dir / part):
+        if part not in config.ALL_BODY_PARTS and not runs.run_names(self.models_dir / part):
             trained = ", ".join(self.trained_parts()) or "none"
             raise ParameterError(f"unknown body part {part!r}: no fracture model was trained for it in "
                                  f"{self.models_dir} (trained: {trained}); train one with "
@@ -391,24 +337,25 @@ class Predictor:
         """Record the fracture run, its threshold and the notes a reader needs about them."""
         run = model.run
         result.run_dir = str(run.run_dir)
-        evaluation = read_evaluation(run.run_dir)
-        result.aggregation = evaluation.get("aggregation") if evaluation.get("aggregation") in AGGREGATIONS else "mean"
+        evaluation = runs.read_evaluation(run.run_dir)
+        result.aggregation = run.aggregation
         if evaluation:
-            result.threshold, result.threshold_source = float(run.threshold), EVALUATION_FILE
+            result.threshold, result.threshold_source = float(run.threshold), runs.EVALUATION_FILENAME
         else:
             result.threshold, result.threshold_source = DEFAULT_THRESHOLD, "default"
             result.notes.append(
-                f"no {EVALUATION_FILE} in {run.run_dir}: decided at the default threshold 0.5; "
+                f"no {runs.EVALUATION_FILENAME} in {run.run_dir}: decided at the default threshold "
+                f"{DEFAULT_THRESHOLD}; "
                 "run notebook 04 (`make reports`) to choose one on the validation split"
             )
-        if trained_on_synthetic_data(run):
+        if runs.trained_on_synthetic_data(run):
             result.notes.append(
                 f"{run.run_dir} was trained on synthetic demo data: its probabilities say nothing "
                 "about real radiographs"
             )
         if result.body_part_source == "classifier":
             router = self.scoring_model(config.BODY_PART_TARGET)
-            if trained_on_synthetic_data(router.run) and not trained_on_synthetic_data(run):
+            if runs.trained_on_synthetic_data(router.run) and not runs.trained_on_synthetic_data(run):
                 result.notes.append(f"the body-part classifier {router.run.run_dir} was trained on synthetic demo data")
 
     def _explain(self, score: ImageScore, model: ScoringModel, image: np.ndarray) -> None:
@@ -489,57 +436,6 @@ def predict_paths(paths: Iterable[str | os.PathLike[str]], models_dir: str | os.
     return predictor.score_all(paths, part=part)
 
 
-def _short(value: float | None, digits: int = 3) -> str:
-    """Format a probability for the table; '-' when absent."""
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def format_table(results: Sequence[PredictionResult]) -> str:
-    """Return a readable table: one row per input, one indented row per image of a study, notes.
-
-    Failed inputs get a row marked ``error``; their messages are not repeated here (the CLI
-    prints them on stderr).
-    """
-    header = ("INPUT", "KIND", "BODY PART", "P(PART)", "P(ABNORMAL)", "THRESHOLD", "DECISION")
-    rows: list[tuple[str, ...]] = []
-    for result in results:
-        if result.error is not None:
-            rows.append((result.input, result.kind or "-", result.body_part or "-",
-                         _short(result.body_part_probability), "-", "-", "error"))
-            continue
-        part_probability = "override" if result.body_part_source == "override" else _short(result.body_part_probability)
-        rows.append((result.input, result.kind, result.body_part, part_probability,
-                     _short(result.probability), _short(result.threshold), result.decision))
-        if result.kind == "study":
-            for image in result.images:
-                rows.append(("  " + Path(image.path).name, "image", "", "", _short(image.probability), "",
-                             image.decision))
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    notes = list(dict.fromkeys(f"note: {note}" for result in results for note in result.notes))
-    gradcams = [image.gradcam for result in results for image in result.images if image.gradcam]
-    if gradcams:
-        notes.append(f"note: {len(gradcams)} Grad-CAM overlay(s) written to {Path(gradcams[0]).parent}")
-    return "\n".join(lines + notes)
-
-
-def results_frame(results: Sequence[PredictionResult]):
-    """Return one row per input (part, probabilities, threshold, decision, error) as a DataFrame."""
-    import pandas as pd
-
-    columns = ("input", "kind", "body_part", "body_part_probability", "body_part_source", "probability",
-               "threshold", "decision", "error")
-    rows = [{column: getattr(result, column) for column in columns} for result in results]
-    for row, result in zip(rows, results):
-        row["images"] = len(result.images)
-    return pd.DataFrame(rows, columns=[*columns[:5], "images", *columns[5:]])
-
-
-def format_json_lines(results: Sequence[PredictionResult]) -> str:
-    """Return one JSON object per input, one per line."""
-    return "\n".join(result.to_json() for result in results)
-
-
 def demo_image_path(data_dir: str | os.PathLike[str] | None = None, body_part: str = "elbow",
                     label: int = 1, split: str = "test") -> Path:
     """Return the first image of ``body_part`` with ``label`` in ``split`` of a data root.
@@ -560,135 +456,3 @@ def demo_image_path(data_dir: str | os.PathLike[str] | None = None, body_part: s
         if not rows.empty:
             return source.root / rows["path"].iloc[0]
     raise ParameterError(f"no {body_part!r} image with label {label} in {source.location}: pass IMAGE_PATH")
-
-
-# --- Listing the trained runs ---------------------------------------------------------------
-
-RUN_COLUMNS = ("name", "run", "target", "arch", "img_size", "epochs_trained", "best_val_auroc",
-               "best_val_accuracy", "threshold", "test_study_kappa", "test_study_auroc", "synthetic_data",
-               "created", "run_dir")
-
-
-def read_evaluation(run_dir: str | os.PathLike[str]) -> dict:
-    """Return a run's ``evaluation.json`` (written by notebook 04), or ``{}`` when absent or unreadable."""
-    try:
-        return json.loads((Path(run_dir) / EVALUATION_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _study_metric(evaluation: dict, name: str) -> float | None:
-    """A finite study-level test metric from ``evaluation.json``, else None."""
-    value = (evaluation.get("study") or {}).get(name)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def list_trained_runs(models_dir: str | os.PathLike[str] | None = None):
-    """Return one row per trained run in ``models_dir`` (columns ``RUN_COLUMNS``).
-
-    Training facts come from ``train.list_runs`` (the run's ``config.json``); the decision
-    threshold and the study-level test kappa and AUROC from ``evaluation.json`` when the run was
-    evaluated (notebook 04).
-    """
-    import pandas as pd
-
-    from fracture_lib import train
-
-    models_dir = config.resolve_path(models_dir) if models_dir is not None else config.MODELS_DIR
-    if not models_dir.is_dir():
-        raise ModelNotFoundError(
-            f"models folder {models_dir} does not exist: train first (`make reports` or "
-            "`python -m fracture_lib train ...`) or pass --models FOLDER"
-        )
-    runs = train.list_runs(models_dir).rename(columns={"run_name": "run"})
-    if runs.empty:
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
-    evaluations = [read_evaluation(run_dir) for run_dir in runs["run_dir"]]
-    runs["test_study_kappa"] = [_study_metric(evaluation, "kappa") for evaluation in evaluations]
-    runs["test_study_auroc"] = [_study_metric(evaluation, "auroc") for evaluation in evaluations]
-    return runs.reindex(columns=list(RUN_COLUMNS)).sort_values(["name", "created"]).reset_index(drop=True)
-
-
-def format_runs_table(runs) -> str:
-    """Return the run list as a readable table (or a hint when there is none)."""
-    if runs.empty:
-        return "no trained runs: run `make reports` or `python -m fracture_lib train --part elbow`"
-    shown = runs.drop(columns=["run_dir"]).copy()
-    for column in ("best_val_auroc", "best_val_accuracy", "threshold", "test_study_kappa", "test_study_auroc"):
-        shown[column] = shown[column].map(lambda value: "-" if _is_missing(value) else f"{value:.3f}")
-    return shown.astype(object).where(shown.notna(), "-").to_string(index=False)
-
-
-def _is_missing(value) -> bool:
-    """True for None and NaN."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def format_runs_json(runs) -> str:
-    """Return the run list as a JSON array of objects."""
-    records = runs.astype(object).where(runs.notna(), None).to_dict(orient="records")
-    return json.dumps(records, indent=2)
-
-
-# --- Latency benchmark ------------------------------------------------------------------------
-
-def benchmark_latency(run, image_paths: Sequence[str | os.PathLike[str]], repeats: int = 50,
-                      batch_size: int = 32, warmup: int = 3) -> dict:
-    """Measure scoring speed of one loaded run (``train.LoadedRun`` or a run folder).
-
-    Returns single-image latency from file (decode, preprocess, forward) and of the forward pass
-    alone, as p50/p95 in milliseconds over ``repeats`` calls cycling through ``image_paths``, and
-    batch throughput in images/s (forward only on preprocessed images, and end to end from
-    files) with batches of ``batch_size``.
-    """
-    if repeats < 1 or batch_size < 1 or not image_paths:
-        raise ParameterError("benchmark_latency needs repeats >= 1, batch_size >= 1 and at least one image")
-    if isinstance(run, (str, os.PathLike)):
-        from fracture_lib import train
-
-        run = train.load_run(Path(run))
-    model = ScoringModel(run)
-    paths = [Path(path) for path in image_paths]
-    images = np.stack([model.preprocess(path) for path in paths])
-    for index in range(warmup):
-        model.scores(images[index % len(images)][np.newaxis])
-
-    end_to_end, forward_only = [], []
-    for index in range(repeats):
-        path = paths[index % len(paths)]
-        start = time.perf_counter()
-        model.scores(model.preprocess(path)[np.newaxis])
-        end_to_end.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        model.scores(images[index % len(images)][np.newaxis])
-        forward_only.append(time.perf_counter() - start)
-
-    batch = images[np.arange(batch_size) % len(images)]
-    model.scores(batch)
-    batch_rounds = max(3, repeats // 10)
-    start = time.perf_counter()
-    for _ in range(batch_rounds):
-        model.scores(batch)
-    forward_throughput = batch_rounds * batch_size / (time.perf_counter() - start)
-    batch_paths = [paths[index % len(paths)] for index in range(batch_size)]
-    start = time.perf_counter()
-    for _ in range(batch_rounds):
-        model.scores(np.stack([model.preprocess(path) for path in batch_paths]))
-    file_throughput = batch_rounds * batch_size / (time.perf_counter() - start)
-
-    def percentile(values: list[float], q: float) -> float:
-        return float(np.percentile(np.asarray(values) * 1000.0, q))
-
-    return {
-        "run_dir": str(run.run_dir),
-        "arch": run.config.get("arch"),
-        "img_size": model.img_size,
-        "repeats": repeats,
-        "single_image_ms_p50": percentile(end_to_end, 50),
-        "single_image_ms_p95": percentile(end_to_end, 95),
-        "forward_ms_p50": percentile(forward_only, 50),
-        "forward_ms_p95": percentile(forward_only, 95),
-        "batch_size": batch_size,
-        "batch_images_per_s": float(forward_throughput),
-        "batch_from_files_images_per_s": float(file_throughput),
-    }

@@ -32,6 +32,7 @@ import pandas as pd
 
 from fracture_lib import config
 from fracture_lib.errors import FractureLibError, ImageReadError, ParameterError
+from fracture_lib.files import replace_path
 # The one decoder (re-exported: callers have long used preprocess.load_image).
 from fracture_lib.imageio import load_image, to_grey_uint8  # noqa: F401
 
@@ -285,8 +286,7 @@ def _write_cache(folder: Path, images: np.ndarray, manifest: dict[str, Any]) -> 
     try:
         np.save(temporary / IMAGES_FILENAME, images)
         (temporary / MANIFEST_FILENAME).write_text(json.dumps(manifest))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(temporary, folder)
+        replace_path(temporary, folder)
     except OSError as error:
         # Another process (a second worker) may have published the same cache first; otherwise
         # (a full disk) the images are still in memory, so the caller goes on without the file.

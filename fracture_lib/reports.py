@@ -11,7 +11,6 @@ with the headline metrics and how and when they were made.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import html
 import json
@@ -23,12 +22,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from fracture_lib import config
 from fracture_lib import parameters as parameter_files
 from fracture_lib.errors import FractureLibError, ParameterError
-from fracture_lib.files import native_stderr_to, write_text_atomically
+from fracture_lib.files import native_stderr_to, remove_path, replace_path, write_text_atomically
 
 # Files and folders of a report set; they are replaced together when a new set is complete.
 EXECUTED_DIRNAME = "executed"
@@ -327,25 +326,29 @@ intervals are in each evaluation report.</p>
 def _publish(build_dir: Path, reports_dir: Path, partial: bool = False) -> None:
     """Replace the previous report set in ``reports_dir`` with the complete one in ``build_dir``.
 
-    A ``partial`` build (``--only``) replaces only the files it made and keeps the other pages.
+    A ``partial`` build (``--only``) replaces only the files it made and keeps the other pages;
+    a full build also removes the earlier set's pages it did not make again.
     """
     if partial:
         for source in sorted(path for path in build_dir.rglob("*") if path.is_file()):
-            target = reports_dir / source.relative_to(build_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
-        shutil.rmtree(build_dir, ignore_errors=True)
-        return
-    retired = reports_dir / f".retired-{os.getpid()}"
-    retired.mkdir(exist_ok=True)
-    # Move the previous set aside: its HTML pages, executed notebooks and metrics.
-    for entry in reports_dir.iterdir():
-        if entry.name.endswith(".html") or entry.name in (EXECUTED_DIRNAME, "metrics"):
-            os.replace(entry, retired / entry.name)
-    for entry in build_dir.iterdir():
-        os.replace(entry, reports_dir / entry.name)
-    shutil.rmtree(retired, ignore_errors=True)
+            replace_path(source, reports_dir / source.relative_to(build_dir))
+    else:
+        built = {entry.name for entry in build_dir.iterdir()}
+        for entry in build_dir.iterdir():
+            replace_path(entry, reports_dir / entry.name)
+        # Pages of the previous set that this build did not make (a part no longer reported).
+        for entry in list(reports_dir.iterdir()):
+            if entry.name not in built and (entry.name.endswith(".html") or entry.name in (EXECUTED_DIRNAME, "metrics")):
+                remove_path(entry)
     shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _model_runs(jobs: list[ReportJob]) -> list[Path]:
+    """The run folders the jobs write: notebook 03 trains them, notebook 04 writes their evaluation.json."""
+    from fracture_lib import runs
+
+    return [runs.run_dir_for(job.parameters.get("BODY_PART") or config.BODY_PART_TARGET, job.parameters["RUN_NAME"])
+            for job in jobs if job.notebook in ("03_train", "04_evaluate")]
 
 
 def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] | None = None,
@@ -355,13 +358,17 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
 
     ``only`` restricts the run to notebooks whose output name starts with one of the given
     stems (for example ``["01_data_exploration"]``). Returns the path of ``index.html``.
+
+    The published reports and the models they describe always match: the run folders the jobs
+    will replace are snapshotted first (``runs.RunSnapshot``); when any notebook fails they are
+    put back, and what the failed run trained is kept in ``reports/.last-failed-build/models/``.
     """
     reports_dir = config.resolve_path(reports_dir or config.REPORTS_DIR)
     reports_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
     import warnings
 
-    from fracture_lib import datasets
+    from fracture_lib import datasets, runs
 
     source = _ensure_data(parameters, progress)
     # Read the source once now: a source that cannot be read fails before any notebook runs, and
@@ -401,6 +408,7 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
     # The notebooks write reports/metrics/ through config.METRICS_DIR: point it into the build.
     previous_reports_env = os.environ.get("FRACTURE_REPORTS_DIR")
     os.environ["FRACTURE_REPORTS_DIR"] = str(build_dir)
+    snapshot = runs.RunSnapshot.take(_model_runs(jobs))
     try:
         for number, job in enumerate(jobs, start=1):
             progress(f"[{number}/{len(jobs)}] {job.output_stem} ...")
@@ -417,7 +425,10 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
         shutil.rmtree(failed, ignore_errors=True)
         if build_dir.exists():
             os.replace(build_dir, failed)
-        progress(f"the previous reports in {reports_dir} were left in place; this run's partial output is in {failed}")
+        moved = snapshot.restore(failed / "models")
+        progress(f"the previous reports in {reports_dir} and the models they describe were left in place; "
+                 f"this run's partial output is in {failed}"
+                 + (f" (the {len(moved)} run(s) it trained or evaluated in {failed / 'models'})" if moved else ""))
         raise
     finally:
         if previous_reports_env is None:
@@ -425,6 +436,7 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
         else:
             os.environ["FRACTURE_REPORTS_DIR"] = previous_reports_env
     _publish(build_dir, reports_dir, partial=bool(only))
+    snapshot.discard()
     shutil.rmtree(reports_dir / FAILED_BUILD_DIRNAME, ignore_errors=True)
     total = sum(job.seconds or 0.0 for job in jobs)
     progress(f"wrote {len(jobs)} reports in {total:.0f} s: {reports_dir / index.name}")

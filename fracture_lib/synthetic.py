@@ -29,6 +29,7 @@ import pandas as pd
 
 from fracture_lib import config
 from fracture_lib.datasets.table import BOX_COLUMNS
+from fracture_lib.files import replace_path
 from fracture_lib.errors import DataLayoutError, ParameterError
 
 DEFAULT_DEMO_PATIENTS = 1100
@@ -445,11 +446,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike[str], patients: int = DEFAU
               "seed": int(seed), "parts": list(parts), "images": len(rows),
               "studies": len({row["study"] for row in rows}), "seconds": round(time.perf_counter() - started, 2)}
     (mura_dir / MARKER_FILENAME).write_text(json.dumps(marker, indent=2))
-    retired = out_dir.parent / f".{out_dir.name}.retired-{os.getpid()}"
-    if out_dir.exists():
-        os.replace(out_dir, retired)
-    os.replace(staging, out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
+    replace_path(staging, out_dir)
     return out_dir
 
 

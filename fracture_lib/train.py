@@ -1,7 +1,6 @@
-"""Training a fracture model per body part (or the body-part classifier), and the run folders.
+"""Training a fracture model per body part (or the body-part classifier).
 
-A run lives in ``models/<name>/<run_name>/`` where ``<name>`` is the body part for a fracture
-model and ``body_part`` for the classifier. It holds ``model.keras``, ``history.csv``,
+A run lives in ``models/<name>/<run_name>/`` (``runs`` finds, loads and lists them). It holds ``model.keras``, ``history.csv``,
 ``config.json`` (every parameter, library versions, the index fingerprint, the preprocessing
 settings) and ``val_predictions.csv``. The run is assembled in a hidden sibling folder and
 renamed into place only when training has finished, so a failed run never replaces a good one;
@@ -20,7 +19,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,17 +30,13 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, datasets, recipe, synthetic
-from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
+from fracture_lib import config, datasets, recipe, resume, synthetic
+from fracture_lib.files import replace_path
+from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
 from fracture_lib.preprocess import PreprocessSettings, build_cache
-
-RUN_FILES = ("model.keras", "history.csv", "config.json", "val_predictions.csv")
-EVALUATION_FILENAME = "evaluation.json"
-DEFAULT_THRESHOLD = 0.5
-# The best epoch's weights while a run trains (removed when it is published).
-BEST_WEIGHTS = "best.weights.h5"
+from fracture_lib.runs import LoadedRun, run_dir_for
 
 
 @dataclass
@@ -164,24 +158,6 @@ class TrainResult:
     best_metrics: dict[str, float]
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LoadedRun:
-    """A trained run ready to predict."""
-
-    model: Any
-    config: dict[str, Any]
-    run_dir: Path
-    preprocess: PreprocessSettings
-    threshold: float
-    classes: list[str]
-    name: str
-
-
-def run_dir_for(name: str, run_name: str, models_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return ``models/<name>/<run_name>``."""
-    return Path(models_dir or config.MODELS_DIR) / name / run_name
 
 
 def choose_strategy() -> Any:
@@ -354,11 +330,13 @@ def _monitor(train_config: TrainConfig) -> str:
 
 
 def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | None = None, verbose: int = 1,
-                extra_callbacks: Sequence[Any] = ()) -> TrainResult:
+                extra_callbacks: Sequence[Any] = (), restart: bool = False) -> TrainResult:
     """Train one run and write ``models/<name>/<run_name>/``; return what it produced.
 
-    An interrupted run (same name, same models folder) resumes from its last completed epoch.
-    ``extra_callbacks`` are appended to the Keras callbacks (the tests use one to interrupt).
+    An interrupted run (same name, same models folder) resumes from its last completed epoch when
+    its settings and data are unchanged (see ``resume``); other settings are refused unless
+    ``restart`` discards the interrupted attempt. ``extra_callbacks`` are appended to the Keras
+    callbacks (the tests use one to interrupt).
     """
     train_config.validate()
     started = time.perf_counter()
@@ -366,6 +344,16 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     strategy = choose_strategy()
     keras.utils.set_random_seed(train_config.seed)
     source, subset = training_index(train_config)
+    # The global batch is split over the replicas: each one sees `batch_size` images per step.
+    replicas = strategy.num_replicas_in_sync
+    global_batch = train_config.batch_size * replicas
+    # An interrupted attempt with other settings is refused before any image is read.
+    final_dir = run_dir_for(train_config.name, train_config.run_name, models_dir)
+    chief = _is_chief(strategy)
+    suffix = "" if chief else f".worker-{strategy.cluster_resolver.task_id}"
+    work_dir = final_dir.parent / f".partial-{train_config.run_name}{suffix}"
+    settings = resume.resume_settings(train_config.to_dict(), datasets.index_fingerprint(subset), global_batch)
+    resuming = resume.check_resumable(work_dir, settings, restart=restart)
     cache = build_cache(subset, source.root, train_config.preprocess_settings(), progress=verbose > 0)
     train_images, train_frame = cache.select("train")
     val_images, val_frame = cache.select("val")
@@ -373,9 +361,6 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
 
     class_weights = _class_weights(train_targets, train_config)
 
-    # The global batch is split over the replicas: each one sees `batch_size` images per step.
-    replicas = strategy.num_replicas_in_sync
-    global_batch = train_config.batch_size * replicas
     train_data = make_dataset(train_images, train_targets, global_batch, training=True,
                               augment=train_config.augment_settings(), seed=train_config.seed,
                               sample_weights=_sample_weights(train_targets, class_weights))
@@ -391,23 +376,19 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
             _synchronize_batch_normalization(model)
         _compile(model, train_config, steps_per_epoch=int(np.ceil(len(train_images) / global_batch)))
 
-    final_dir = run_dir_for(train_config.name, train_config.run_name, models_dir)
-    chief = _is_chief(strategy)
-    suffix = "" if chief else f".worker-{strategy.cluster_resolver.task_id}"
-    work_dir = final_dir.parent / f".partial-{train_config.run_name}{suffix}"
     monitor = _monitor(train_config)
-    earlier_best = _prepare_work_dir(work_dir, monitor)
+    earlier_best = resume.prepare_work_dir(work_dir, settings, monitor, resume=resuming)
     callbacks = [*_callbacks(train_config, work_dir, earlier_best), *extra_callbacks]
     with _multi_worker_fit_fixes(model, strategy, train_data):
         # The tf.data pipeline shuffles every epoch; Keras's own shuffle does not apply to a Dataset.
         model.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
                   shuffle=False, verbose=verbose if verbose in (0, 1, 2) else 1)
-        history = _read_history(work_dir / "history.csv")
+        history = resume.read_history(work_dir / resume.HISTORY_FILENAME)
         best_metrics = _best_metrics(history, monitor)
-        if (work_dir / BEST_WEIGHTS).is_file():
+        if (work_dir / resume.BEST_WEIGHTS).is_file():
             # The checkpoint of the best epoch (the averaged weights with EMA) is the model saved, also
             # when the best epoch came before an interruption, which EarlyStopping did not see.
-            model.load_weights(work_dir / BEST_WEIGHTS)
+            model.load_weights(work_dir / resume.BEST_WEIGHTS)
         val_probabilities = predict_images(model, val_images, batch_size=global_batch, tta=train_config.tta)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
     seconds = time.perf_counter() - started
@@ -424,10 +405,9 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     model.save(work_dir / "model.keras")
     (work_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
     predictions.to_csv(work_dir / "val_predictions.csv", index=False)
-    (work_dir / BEST_WEIGHTS).unlink(missing_ok=True)
-    shutil.rmtree(work_dir / "backup", ignore_errors=True)
+    resume.finish_work_dir(work_dir)
     if chief:
-        _publish_run(work_dir, final_dir)
+        replace_path(work_dir, final_dir)
     else:
         # Other workers of a multi-worker run keep their (identical) copy in their hidden work folder.
         final_dir = work_dir
@@ -441,17 +421,17 @@ def _callbacks(train_config: TrainConfig, work_dir: Path, earlier_best: float | 
     return [
         # With EMA, the averaged weights are swapped in first, so every callback below sees them.
         *recipe.ema_callbacks(train_config.ema_momentum),
-        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(work_dir / resume.BACKUP_DIRNAME)),
         LearningRateLogger(),
         *recipe.schedule_callbacks(train_config.schedule, train_config.patience),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=train_config.patience,
                                       restore_best_weights=True),
         StopWhenPerfect(monitor),
         # The best weights so far, kept across an interruption (a resumed run starts from the last epoch).
-        keras.callbacks.ModelCheckpoint(str(work_dir / BEST_WEIGHTS), monitor=monitor, mode="max",
+        keras.callbacks.ModelCheckpoint(str(work_dir / resume.BEST_WEIGHTS), monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=earlier_best),
-        keras.callbacks.CSVLogger(str(work_dir / "history.csv"), append=True),
+        keras.callbacks.CSVLogger(str(work_dir / resume.HISTORY_FILENAME), append=True),
         keras.callbacks.TensorBoard(log_dir=str(work_dir / "logs"), histogram_freq=0, write_graph=False),
     ]
 
@@ -483,21 +463,6 @@ def _run_description(train_config: TrainConfig, model: keras.Model, source: data
 def _sample_weights(targets: np.ndarray, class_weights: dict[int, float]) -> np.ndarray:
     """Each image's loss weight: the weight of its class."""
     return np.array([class_weights[int(target)] for target in targets], dtype=np.float32)
-
-
-def _prepare_work_dir(work_dir: Path, monitor: str) -> float | None:
-    """Create the run's work folder; return the best monitored value so far when resuming, else None.
-
-    The folder survives an interruption with BackupAndRestore's state in ``backup/``; without it
-    there is nothing to resume and the folder is emptied.
-    """
-    if not (work_dir / "backup").is_dir():
-        shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    earlier = _read_history(work_dir / "history.csv")
-    if monitor not in earlier or earlier[monitor].dropna().empty or not (work_dir / BEST_WEIGHTS).is_file():
-        return None
-    return float(earlier[monitor].max())
 
 
 def _synchronize_batch_normalization(model: keras.Model) -> None:
@@ -541,23 +506,6 @@ def _multi_worker_fit_fixes(model: keras.Model, strategy: Any, dataset: Any) -> 
         yield
     finally:
         tensorflow_trainer.reduce_per_replica = original_reduce
-
-
-def _publish_run(work_dir: Path, final_dir: Path) -> None:
-    """Swap the finished run into place, replacing an earlier run of the same name."""
-    retired = final_dir.parent / f".retired-{final_dir.name}-{os.getpid()}"
-    if final_dir.exists():
-        os.replace(final_dir, retired)
-    os.replace(work_dir, final_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _read_history(path: Path) -> pd.DataFrame:
-    """Read CSVLogger's file, keeping the last row of each epoch (a resumed run may repeat one)."""
-    if not path.is_file():
-        return pd.DataFrame(columns=["epoch"])
-    history = pd.read_csv(path)
-    return history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
 
 
 def _best_metrics(history: pd.DataFrame, monitor: str) -> dict[str, float]:
@@ -613,73 +561,18 @@ def predict_images(model: Any, images: np.ndarray, batch_size: int = 64, tta: bo
     return probabilities[:, 0] if probabilities.shape[-1] == 1 else probabilities
 
 
-def find_run(name: str, run_name: str | None = None, models_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the folder of run ``run_name`` of ``name`` (the most recent run when ``run_name`` is None)."""
-    folder = Path(models_dir or config.MODELS_DIR) / name
-    hint = (f"train one with `python -m fracture_lib train --target "
-            f"{'body_part' if name == config.BODY_PART_TARGET else 'fracture --part ' + name}` or `make reports`")
-    if run_name is not None:
-        run_dir = folder / run_name
-        if not (run_dir / "model.keras").is_file():
-            raise ModelNotFoundError(f"no trained run {run_name!r} for {name!r} in {folder}: {hint}")
-        return run_dir
-    candidates = [path for path in folder.glob("*/model.keras") if not path.parent.name.startswith(".")] if folder.is_dir() else []
-    if not candidates:
-        raise ModelNotFoundError(f"no trained model for {name!r} in {folder}: {hint}")
-    return max(candidates, key=lambda path: path.stat().st_mtime).parent
-
-
-def run_configs(names: Sequence[str], run_name: str | None = None,
-                models_dir: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The ``config.json`` of the run of each name that has one (models are not loaded)."""
-    configs = {}
-    for name in names:
-        try:
-            run_dir = find_run(name, run_name, models_dir)
-            configs[name] = json.loads((run_dir / "config.json").read_text())
-        except (ModelNotFoundError, OSError, ValueError):
-            continue
-    return configs
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
-    """Load a run's model (Keras safe mode), its configuration and its decision threshold."""
-    run_dir = Path(run_dir)
-    config_path, model_path = run_dir / "config.json", run_dir / "model.keras"
-    if not model_path.is_file() or not config_path.is_file():
-        raise ModelNotFoundError(f"{run_dir} is not a complete run (model.keras and config.json expected): train it again")
-    try:
-        run_config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"cannot read {config_path} ({error}): train the run again") from None
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear line
-        reason = " ".join(str(error).split())[:300]
-        raise ModelNotFoundError(f"cannot load {model_path} ({type(error).__name__}: {reason}): train the run again") from None
-    return LoadedRun(model=model, config=run_config, run_dir=run_dir,
-                     preprocess=PreprocessSettings.from_dict(run_config["preprocess"]), threshold=_read_threshold(run_dir),
-                     classes=list(run_config.get("classes", [])), name=run_config.get("name", run_dir.parent.name))
-
-
-def _read_threshold(run_dir: Path) -> float:
-    """The decision threshold chosen by notebook 04 (``evaluation.json``), else 0.5."""
-    evaluation_path = run_dir / EVALUATION_FILENAME
-    if not evaluation_path.is_file():
-        return DEFAULT_THRESHOLD
-    try:
-        return float(json.loads(evaluation_path.read_text()).get("threshold", DEFAULT_THRESHOLD))
-    except (OSError, ValueError, TypeError) as error:
-        raise ModelNotFoundError(f"cannot read {evaluation_path} ({error}): run notebook 04 again or delete the file") from None
-
-
 def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathLike[str] | datasets.DataSource, split: str = "test",
-                  cache_dir: str | os.PathLike[str] | None = None, batch_size: int = 64) -> pd.DataFrame:
+                  cache_dir: str | os.PathLike[str] | None = None, batch_size: int = 64,
+                  parts: Sequence[str] | None = None) -> pd.DataFrame:
     """Predict one split of ``index`` with ``run``, images taken from the cache with the run's settings.
 
-    Returns the columns of ``val_predictions.csv`` for that split.
+    ``parts`` chooses the body parts scored (default: a fracture model's own part, the
+    classifier's classes); the two-stage evaluation scores studies of other parts that the
+    classifier sent to this model. Returns the columns of ``val_predictions.csv`` for that split.
     """
-    if run.config["target"] == config.FRACTURE_TARGET:
+    if parts is not None:
+        wanted = list(parts)
+    elif run.config["target"] == config.FRACTURE_TARGET:
         wanted = [run.config["body_part"]]
     else:
         wanted = list(run.classes)
@@ -691,37 +584,3 @@ def predict_split(run: LoadedRun, index: pd.DataFrame, data_root: str | os.PathL
     images, frame = cache.select(split)
     probabilities = predict_images(run.model, images, batch_size=batch_size, tta=bool(run.config.get("tta", False)))
     return _prediction_frame(frame, probabilities, run.config)
-
-
-RUN_LIST_COLUMNS = ["name", "run_name", "target", "arch", "img_size", "epochs_trained", "best_val_auroc",
-                    "best_val_accuracy", "synthetic_data", "created", "threshold", "run_dir"]
-
-
-def list_runs(models_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """One row per trained run (``RUN_LIST_COLUMNS``): name, run, architecture, size, epochs, best metric, threshold.
-
-    Unfinished runs (hidden folders) and folders without a model are left out; with no runs the
-    frame is empty but has the columns.
-    """
-    folder = Path(models_dir or config.MODELS_DIR)
-    rows = []
-    for config_path in sorted(folder.glob("*/*/config.json")):
-        run_dir = config_path.parent
-        if run_dir.name.startswith(".") or not (run_dir / "model.keras").is_file():
-            continue
-        try:
-            run_config = json.loads(config_path.read_text())
-        except (OSError, ValueError):
-            continue
-        best = run_config.get("best", {})
-        row = {
-            "name": run_dir.parent.name, "run_name": run_dir.name, "target": run_config.get("target"),
-            "arch": run_config.get("arch"), "img_size": run_config.get("img_size"),
-            "epochs_trained": run_config.get("epochs_trained"),
-            "best_val_auroc": best.get("val_auroc"), "best_val_accuracy": best.get("val_accuracy"),
-            "synthetic_data": run_config.get("synthetic_data"), "created": run_config.get("created"),
-            "threshold": _read_threshold(run_dir) if (run_dir / EVALUATION_FILENAME).is_file() else None,
-            "run_dir": str(run_dir),
-        }
-        rows.append(row)
-    return pd.DataFrame(rows, columns=RUN_LIST_COLUMNS)

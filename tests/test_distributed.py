@@ -74,7 +74,8 @@ def test_two_workers_train_identical_weights(tiny_demo_root: Path, tmp_path: Pat
     import keras
 
     from fracture_lib import datasets
-    from fracture_lib.train import load_run, predict_split
+    from fracture_lib.runs import load_run
+    from fracture_lib.train import predict_split
 
     models_dir = tmp_path / "models"
     outputs = _run_workers(tiny_demo_root, models_dir, tmp_path)

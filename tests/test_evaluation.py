@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture_lib import cli, datasets, evaluation, train
+from fracture_lib import cli, datasets, evaluation, runs
 from fracture_lib.errors import DataLayoutError, ParameterError
 
 
@@ -89,4 +89,4 @@ def test_a_changed_index_is_refused(tiny_runs: dict[str, Path], tmp_path: Path) 
     run_config["index_fingerprint"] = "0000000000000000"
     (copy / "config.json").write_text(json.dumps(run_config))
     with pytest.raises(DataLayoutError, match="no longer gives the index .* was trained on"):
-        evaluation.evaluate_run(train.load_run(copy), n_boot=10)
+        evaluation.evaluate_run(runs.load_run(copy), n_boot=10)

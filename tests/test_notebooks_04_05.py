@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import notebook_outputs, notebook_text, run_notebook
-from fracture_lib import metrics
+from fracture_lib import error_analysis, evaluation as evaluation_module, metrics, runs
 
 # The notebooks write evaluation.json into the run: they evaluate copies in a models folder of
 # their own, so the shared tiny runs stay as other tests expect them (without a threshold).
@@ -71,9 +71,9 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
     document = json.loads((executed["metrics_dir"] / "elbow.json").read_text())
     assert document["n_bootstrap"] == N_BOOTSTRAP and document["seed"] == 0
     # The same evaluation computed here gives the same threshold, estimates and intervals.
-    run = train.load_run(run_dir)
+    run = runs.load_run(run_dir)
     index = datasets.build_index(tiny_demo_root, parts=["elbow"], seed=run.config["split_seed"])
-    result = metrics.evaluate(pd.read_csv(run_dir / "val_predictions.csv"),
+    result = evaluation_module.evaluate(pd.read_csv(run_dir / "val_predictions.csv"),
                               train.predict_split(run, index, tiny_demo_root, split="test"),
                               threshold_method="youden", n_boot=N_BOOTSTRAP, seed=0)
     assert evaluation["threshold"] == pytest.approx(result.threshold)
@@ -86,7 +86,7 @@ def test_notebook_04_evaluates_and_saves(executed, tiny_demo_root: Path) -> None
     assert pointing["n"] > 0 and 0 < pointing["chance_rate"] < 1
     assert f"{pointing['hits']} of {pointing['n']}" in text and "chance rate" in text
     # Error analysis names the most confident wrong study.
-    mistakes = metrics.most_confident_mistakes(result.predictions["test"]["study"], result.threshold)
+    mistakes = error_analysis.most_confident_mistakes(result.predictions["test"]["study"], result.threshold)
     assert len(mistakes) and mistakes.loc[0, "study"] in text
     assert f"Threshold **{result.threshold:.3f}** (youden" in text
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fracture_lib import config, predict
+from fracture_lib import config, predict, runs
 from fracture_lib.cli import main
 from fracture_lib.errors import ImageReadError, ModelNotFoundError, ParameterError
 
@@ -283,7 +283,7 @@ def test_predict_matches_the_evaluation_path(tiny_runs, tiny_demo_root: Path, te
     """The same image scored by ``predict`` and by ``train.predict_split`` (the cache) agrees to ~1e-5."""
     from fracture_lib import train
 
-    run = train.load_run(tiny_runs["elbow"])
+    run = runs.load_run(tiny_runs["elbow"])
     evaluation = train.predict_split(run, test_index, tiny_demo_root, split=held_out_split)
     for _, row in evaluation.head(3).iterrows():
         result = predictor.score(tiny_demo_root / row["path"], part="elbow")
@@ -352,10 +352,10 @@ def test_gradcam_names_are_unique_for_same_named_images(tmp_path: Path) -> None:
 def test_models_lists_the_trained_runs(tiny_runs, capsys) -> None:
     code, out, err = run_cli(capsys, "models", "--json")
     assert code == 0, err
-    runs = {(run["name"], run["run"]): run for run in json.loads(out)}
-    assert ("elbow", "tiny") in runs and ("body_part", "tiny") in runs
-    elbow = runs[("elbow", "tiny")]
-    assert set(elbow) == set(predict.RUN_COLUMNS)
+    listed = {(run["name"], run["run"]): run for run in json.loads(out)}
+    assert ("elbow", "tiny") in listed and ("body_part", "tiny") in listed
+    elbow = listed[("elbow", "tiny")]
+    assert set(elbow) == set(runs.RUN_COLUMNS)
     assert elbow["arch"] == "small_cnn" and elbow["img_size"] == 64 and elbow["epochs_trained"] == 1
     assert elbow["threshold"] is None and elbow["created"]
     code, out, err = run_cli(capsys, "models")
@@ -367,16 +367,16 @@ def test_models_shows_the_evaluation_headline(tiny_runs, tmp_path: Path) -> None
     shutil.copytree(tiny_runs["elbow"], run_dir)
     (run_dir / "evaluation.json").write_text(json.dumps(
         {"threshold": 0.42, "study": {"kappa": 0.61, "auroc": 0.88}}))
-    [row] = predict.list_trained_runs(tmp_path / "models").to_dict(orient="records")
+    [row] = runs.list_runs(tmp_path / "models").to_dict(orient="records")
     assert row["threshold"] == pytest.approx(0.42)
     assert row["test_study_kappa"] == pytest.approx(0.61) and row["test_study_auroc"] == pytest.approx(0.88)
-    assert "0.420" in predict.format_runs_table(predict.list_trained_runs(tmp_path / "models"))
+    assert "0.420" in runs.format_runs_table(runs.list_runs(tmp_path / "models"))
 
 
 def test_benchmark_latency_reports_percentiles(tiny_runs, elbow_image: Path) -> None:
-    from fracture_lib import train
+    from fracture_lib import bench
 
-    numbers = predict.benchmark_latency(train.load_run(tiny_runs["elbow"]), [elbow_image], repeats=5, batch_size=4)
+    numbers = bench.benchmark_latency(runs.load_run(tiny_runs["elbow"]), [elbow_image], repeats=5, batch_size=4)
     assert 0 < numbers["forward_ms_p50"] <= numbers["forward_ms_p95"]
     assert 0 < numbers["single_image_ms_p50"] <= numbers["single_image_ms_p95"]
     assert numbers["batch_images_per_s"] > 0 and numbers["img_size"] == 64
@@ -392,3 +392,20 @@ def test_truncated_jpeg_is_scored_with_a_note(tiny_runs, capsys, tmp_path: Path,
     result = json.loads(capsys.readouterr().out)
     assert result["error"] is None and result["probability"] is not None
     assert any(note.startswith("cut.jpg: truncated JPEG") for note in result["notes"])
+
+
+def test_models_lists_every_run_when_one_evaluation_is_corrupt(tiny_runs, tmp_path: Path, capsys) -> None:
+    for name in ("good", "bad"):
+        shutil.copytree(tiny_runs["elbow"], tmp_path / "models" / "elbow" / name)
+    (tmp_path / "models" / "elbow" / "good" / "evaluation.json").write_text(json.dumps({"threshold": 0.3}))
+    (tmp_path / "models" / "elbow" / "bad" / "evaluation.json").write_text("{not json")
+    table = runs.list_runs(tmp_path / "models")
+    rows = table.set_index("run")
+    assert rows.loc["good", "threshold"] == pytest.approx(0.3) and runs._is_missing(rows.loc["good", "error"])
+    assert "evaluation.json" in rows.loc["bad", "error"] and "evaluate" in rows.loc["bad", "error"]
+    code, out, err = run_cli(capsys, "models", "--models", str(tmp_path / "models"))
+    assert code == 0 and "Traceback" not in out + err
+    assert "good" in out and "error: elbow/bad:" in out
+    # Scoring with the corrupt run is refused in one line rather than decided at 0.5.
+    with pytest.raises(ModelNotFoundError, match=r"cannot read .*bad/evaluation\.json"):
+        runs.load_run(tmp_path / "models" / "elbow" / "bad")

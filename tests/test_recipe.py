@@ -13,7 +13,8 @@ import pytest
 from fracture_lib import datasets, recipe
 from fracture_lib.errors import ParameterError
 from fracture_lib.models import build_model
-from fracture_lib.train import TrainConfig, load_run, own_part_rows, predict_images, train_model, training_index
+from fracture_lib.runs import LoadedRun, load_run
+from fracture_lib.train import TrainConfig, own_part_rows, predict_images, train_model, training_index
 
 
 def _tiny_config(tiny_demo_root: Path, **values) -> TrainConfig:
@@ -155,7 +156,6 @@ def test_train_command_reads_a_preset_then_set_then_named_options(tiny_demo_root
 def test_predict_scores_a_tta_run_over_both_flips(tmp_path: Path) -> None:
     from fracture_lib.predict import ScoringModel
     from fracture_lib.preprocess import PreprocessSettings
-    from fracture_lib.train import LoadedRun
 
     keras.backend.clear_session()
     model = build_model("small_cnn", 32, seed=5)

@@ -14,7 +14,7 @@ import pytest
 
 from fracture_lib import config, reports
 from fracture_lib import parameters as parameter_files
-from fracture_lib.errors import FractureLibError, ParameterError
+from fracture_lib.errors import FractureLibError
 
 
 def test_plan_runs_every_stage_in_order() -> None:
@@ -75,6 +75,63 @@ def test_failing_notebook_keeps_previous_reports(tmp_path: Path, tiny_demo_root:
     assert (reports_dir / "index.html").read_text() == "previous set"
     assert (reports_dir / reports.FAILED_BUILD_DIRNAME / "executed" / "01_data_exploration.ipynb").is_file()
     assert not list(reports_dir.glob(".build-*"))
+
+
+def _write_notebook(path: Path, parameters: str, code: str) -> None:
+    """A notebook with one ``parameters`` cell and one code cell, on the project kernel."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": config.KERNEL_NAME, "display_name": "Python (fracture)", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell(code)]
+    nbformat.write(notebook, str(path))
+
+
+@pytest.mark.parametrize("evaluation_fails", [True, False])
+def test_failed_reports_put_the_models_they_replaced_back(tmp_path: Path, tiny_demo_root: Path, monkeypatch,
+                                                          evaluation_fails: bool) -> None:
+    models_dir, reports_dir, notebooks = tmp_path / "models", tmp_path / "reports", tmp_path / "notebooks"
+    monkeypatch.setenv("FRACTURE_MODELS_DIR", str(models_dir))
+    monkeypatch.setattr(config, "MODELS_DIR", models_dir)
+    monkeypatch.setattr(config, "NOTEBOOKS_DIR", notebooks)
+    notebooks.mkdir()
+    # The models and reports of an earlier, successful run.
+    run_dir = models_dir / "elbow" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.keras").write_text("old model")
+    (run_dir / "evaluation.json").write_text('{"threshold": 0.4}')
+    reports_dir.mkdir()
+    (reports_dir / "04_evaluate_elbow.html").write_text("report of the old model")
+    # Notebook 03 retrains the run (a new folder swapped in); notebook 04 rewrites its evaluation, then may fail.
+    declared = 'BODY_PART = "elbow"\nRUN_NAME = "default"\nDATA_DIR = None'
+    _write_notebook(notebooks / "03_train.ipynb", declared,
+                    "from fracture_lib import config, files\n"
+                    "staging = config.MODELS_DIR / BODY_PART / '.partial-new'\n"
+                    "staging.mkdir(parents=True)\n"
+                    "(staging / 'model.keras').write_text('new model')\n"
+                    "files.replace_path(staging, config.MODELS_DIR / BODY_PART / RUN_NAME)")
+    _write_notebook(notebooks / "04_evaluate.ipynb", declared,
+                    "from fracture_lib import config, files\n"
+                    "files.write_text_atomically(config.MODELS_DIR / BODY_PART / RUN_NAME / 'evaluation.json', '{}')\n"
+                    + ("raise ValueError('evaluation broke on purpose')" if evaluation_fails else "print('evaluated')"))
+    parameters = parameter_files.load_parameters(overrides={"data_dir": str(tiny_demo_root), "body_parts": ["elbow"]})
+    only = ["03_train_elbow", "04_evaluate_elbow"]
+    if evaluation_fails:
+        with pytest.raises(FractureLibError, match="04_evaluate_elbow failed in code cell 2"):
+            reports.run_reports(parameters, reports_dir=reports_dir, only=only, progress=lambda _: None)
+        # The old model and its evaluation are back, as the old report describes them.
+        assert (run_dir / "model.keras").read_text() == "old model"
+        assert (run_dir / "evaluation.json").read_text() == '{"threshold": 0.4}'
+        assert (reports_dir / "04_evaluate_elbow.html").read_text() == "report of the old model"
+        # What the failed run trained is kept beside its partial reports.
+        kept = reports_dir / reports.FAILED_BUILD_DIRNAME / "models" / "elbow" / "default"
+        assert (kept / "model.keras").read_text() == "new model"
+    else:
+        reports.run_reports(parameters, reports_dir=reports_dir, only=only, progress=lambda _: None)
+        assert (run_dir / "model.keras").read_text() == "new model"
+        assert (run_dir / "evaluation.json").read_text() == "{}"
+        assert (reports_dir / "04_evaluate_elbow.html").read_text() != "report of the old model"
+    # No snapshot or work folder is left behind either way.
+    assert sorted(path.name for path in (models_dir / "elbow").iterdir()) == ["default"]
 
 
 @pytest.mark.slow

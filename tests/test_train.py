@@ -14,8 +14,9 @@ import pytest
 from fracture_lib import config, datasets
 from fracture_lib.models import build_model
 from fracture_lib.errors import FractureLibError, ModelNotFoundError, ParameterError
+from fracture_lib.runs import find_run, list_runs, load_run
 from fracture_lib.train import (
-    StopWhenPerfect, TrainConfig, compute_class_weights, dataset_summary, find_run, list_runs, load_run, predict_images, predict_split,
+    StopWhenPerfect, TrainConfig, compute_class_weights, dataset_summary, predict_images, predict_split,
     train_model,
 )
 
@@ -104,10 +105,10 @@ def test_find_and_list_runs(tiny_runs: dict[str, Path]) -> None:
     assert find_run("elbow").parent == tiny_runs["elbow"].parent
     with pytest.raises(ModelNotFoundError, match="no trained model for 'wrist'"):
         find_run("wrist")
-    with pytest.raises(ModelNotFoundError, match="no trained run 'absent'"):
+    with pytest.raises(ModelNotFoundError, match=r"no trained model for 'elbow' with run name 'absent' \(runs there: [^)]*\btiny\b"):
         find_run("elbow", "absent")
     runs = list_runs()
-    assert {("elbow", "tiny"), ("body_part", "tiny")} <= set(zip(runs["name"], runs["run_name"]))
+    assert {("elbow", "tiny"), ("body_part", "tiny")} <= set(zip(runs["name"], runs["run"]))
 
 
 def test_empty_and_broken_runs_are_reported(tmp_path: Path) -> None:
@@ -154,6 +155,13 @@ def test_interrupted_run_keeps_the_old_model_and_resumes(tiny_demo_root: Path, t
     assert (work_dir / "backup").is_dir()
     interrupted_best = tmp_path / "interrupted-best.weights.h5"
     shutil.copy(work_dir / "best.weights.h5", interrupted_best)
+    # Other settings do not resume the interrupted attempt: refused in one line, the attempt kept.
+    with pytest.raises(ParameterError, match=r"\.partial-resume holds an interrupted run with other settings "
+                                             r"\(img_size 32 -> 48\): pass --restart"):
+        train_model(TrainConfig(epochs=2, **{**settings, "img_size": 48}), models_dir=models_dir, verbose=0)
+    with pytest.raises(ParameterError, match="split_seed 42 -> 7"):
+        train_model(TrainConfig(epochs=2, **{**settings, "split_seed": 7}), models_dir=models_dir, verbose=0)
+    assert (work_dir / "backup").is_dir() and (work_dir / "resume.json").is_file()
 
     resumed = train_model(TrainConfig(epochs=2, **settings), models_dir=models_dir, verbose=0,
                           extra_callbacks=[_Diverge()])
@@ -172,6 +180,27 @@ def test_interrupted_run_keeps_the_old_model_and_resumes(tiny_demo_root: Path, t
     for saved, wanted in zip(published.get_weights(), expected.get_weights()):
         np.testing.assert_array_equal(saved, wanted)
     assert (resumed.run_dir / "model.keras").read_bytes() != good_bytes
+    assert not (resumed.run_dir / "resume.json").exists()
+
+
+def test_restart_discards_an_interrupted_attempt(tiny_demo_root: Path, tmp_path: Path, capsys) -> None:
+    from fracture_lib import cli
+
+    models_dir = tmp_path / "models"
+    settings = dict(body_part="hand", img_size=32, batch_size=16, data_dir=str(tiny_demo_root), run_name="again", seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(TrainConfig(epochs=2, **settings), models_dir=models_dir, verbose=0, extra_callbacks=[_Interrupt()])
+    work_dir = models_dir / "hand" / ".partial-again"
+    # An attempt without resume.json (an older version's) has unknown settings: refused too.
+    (work_dir / "resume.json").unlink()
+    common = ["train", "--part", "hand", "--data", str(tiny_demo_root), "--img-size", "32", "--batch-size", "16",
+              "--epochs", "1", "--run-name", "again", "--seed", "0", "--models-dir", str(models_dir), "--verbose", "0"]
+    assert cli.main(common) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "settings are unknown" in err and "--restart" in err and "Traceback" not in err
+    assert cli.main([*common, "--restart"]) == 0
+    history = pd.read_csv(models_dir / "hand" / "again" / "history.csv")
+    assert list(history["epoch"]) == [0] and not work_dir.exists()
 
 
 def test_command_line_trains_and_reports(tiny_demo_root: Path, tmp_path: Path, capsys) -> None:

@@ -19,14 +19,14 @@ from matplotlib.patches import Rectangle
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
-from fracture_lib import metrics
+from fracture_lib import error_analysis, metrics
 from fracture_lib.errors import ParameterError
 
 LEVEL_COLOURS = {"image": "#4C72B0", "study": "#C44E52"}
 LABEL_COLOURS = {0: "#4C72B0", 1: "#DD5555"}
 LABEL_TEXT = {0: "normal", 1: "abnormal"}
 # Gallery rows, in reading order: right calls first, then the two kinds of mistake.
-OUTCOMES = metrics.OUTCOMES
+OUTCOMES = error_analysis.OUTCOMES
 
 
 def _plural(level: str) -> str:
@@ -134,7 +134,7 @@ def plot_probability_histograms(levels: Mapping[str, pd.DataFrame], threshold: f
 
 def outcome(label: int, predicted: int) -> str:
     """``"true positive"``, ``"false positive"``, ``"false negative"`` or ``"true negative"``."""
-    return str(metrics.outcomes([label], [predicted])[0])
+    return str(error_analysis.outcomes([label], [predicted])[0])
 
 
 def plot_gradcam_gallery(overlays: Sequence[np.ndarray], outcomes: Sequence[str], captions: Sequence[str],
@@ -215,7 +215,7 @@ def plot_summary_comparison(summary: pd.DataFrame, paper_kappa: Mapping[str, flo
                             title: str = "") -> Figure:
     """Study-level test metrics per body part with 95% CIs, beside the MURA paper's kappa.
 
-    ``summary`` is ``metrics.summary_table``'s frame; parts without metrics are left out.
+    ``summary`` is ``summary.summary_table``'s frame; parts without metrics are left out.
     """
     available = summary[summary["status"] == "ok"].reset_index(drop=True)
     figure = Figure(figsize=(max(7.0, 2.4 * len(metric_names) + 2.4), 4.8), layout="constrained")

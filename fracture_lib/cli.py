@@ -117,7 +117,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # Folders typed on the command line are taken from the shell's working directory.
     gradcam_dir = os.path.abspath(args.gradcam) if args.gradcam else None
     results = predict.predict_paths(args.paths, models_dir=os.path.abspath(args.models), part=args.part,
-                                    run_name=args.run_name, gradcam_dir=gradcam_dir)
+                                    run_name=args.run_name, gradcam_dir=gradcam_dir, strict=args.strict)
     print(prediction_output.format_json_lines(results) if args.json else prediction_output.format_table(results))
     # Errors go to stderr, one line each, so stdout stays parseable with --json.
     for result in results:

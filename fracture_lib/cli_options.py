@@ -49,6 +49,8 @@ def add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", default=None, help="skip the body-part classifier and use this part's model")
     parser.add_argument("--gradcam", default=None, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per image here")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input")
+    parser.add_argument("--strict", action="store_true",
+                        help="make an input the runs flag as unfamiliar (or cannot check) an error instead of a note")
 
 
 def add_evaluate(parser: argparse.ArgumentParser) -> None:

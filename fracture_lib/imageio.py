@@ -3,6 +3,18 @@
 The index's image check, the exploration samples, the preprocessing cache, Grad-CAM and
 ``predict`` all decode with this module, so a file is read the same way wherever it appears.
 
+Formats. PNG and JPEG are decoded with OpenCV; DICOM (``.dcm``, ``.dicom``) with pydicom, in
+``fracture_lib.dicom`` (Modality LUT, VOI LUT or window, MONOCHROME1 inversion; single-frame
+files only). The file's suffix chooses the reader.
+
+Grey levels. Everything comes out as 8-bit grey. 8-bit images are kept as stored. Deeper images
+(16-bit, floating point, and DICOM without a window of its own) are windowed by percentiles:
+values below the ``WINDOW_LOW_PERCENTILE`` and above the ``WINDOW_HIGH_PERCENTILE`` of the image
+are clipped and the range between is scaled to 0..255. X-ray detectors rarely use the full
+16-bit range (a plain division by 257 would leave a 12-bit image almost black), and a plain
+minimum-maximum stretch lets one hot pixel flatten the contrast of the whole film. A constant
+image comes out all zero (the preprocessing step refuses blank images).
+
 Truncated JPEGs. Real sets hold JPEGs cut short by a failed copy (FracAtlas: 86 of 4,083 films
 lack JPEG's end-of-image marker, most of them exactly 16 KiB long). ``cv2.imdecode`` refuses
 many of them outright, while ``cv2.imread`` decodes them with the missing bottom rows filled
@@ -29,14 +41,20 @@ import numpy as np
 from fracture_lib.errors import ImageReadError, ParameterError
 
 # File types the data sources and ``predict`` read (case-insensitive).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 JPEG_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
+# Deeper-than-8-bit images are clipped to these percentiles of their own values, then scaled.
+WINDOW_LOW_PERCENTILE = 0.5
+WINDOW_HIGH_PERCENTILE = 99.5
 # Keep 8/16-bit depth and colour as stored; the alpha channel of RGBA files is ignored.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
 # A JPEG may carry a few padding bytes after its end marker; look this far back for it.
 _JPEG_TAIL_BYTES = 64
+# A DICOM file has "DICM" after its 128-byte preamble.
+_DICOM_MARKER = (128, b"DICM")
 TRUNCATED_NOTE = ("truncated JPEG (no end-of-image marker): the missing bottom rows were filled with grey "
                   "by the decoder, so the score may be unreliable")
 
@@ -65,24 +83,38 @@ def _is_truncated_buffer(data: np.ndarray) -> bool:
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a PNG or JPEG (8/16-bit, grey/RGB/RGBA, truncated JPEGs included) as 8-bit grey (H, W).
+    """Read a PNG, JPEG or DICOM file as 8-bit grey (H, W).
 
-    Colour is converted with OpenCV's luminance weights. 16-bit (and floating-point) images are
-    stretched from their own minimum-maximum range to 0..255, because X-ray detectors rarely use
-    the full 16-bit range (a plain division by 257 would leave a 12-bit image almost black).
-    A JPEG without its end marker is completed and decoded (see the module docstring). The bytes
-    are read with NumPy, so paths with non-ASCII characters work on every platform. A missing,
-    empty or undecodable file raises ``ImageReadError`` naming it.
+    PNG and JPEG may be 8/16-bit, grey, RGB or RGBA; colour is converted with OpenCV's
+    luminance weights. 8-bit images are kept as stored. 16-bit (and floating-point) images are
+    windowed by percentiles: clipped to their own ``WINDOW_LOW_PERCENTILE`` and
+    ``WINDOW_HIGH_PERCENTILE`` values and scaled to 0..255, so neither an unused part of the
+    16-bit range nor a single hot pixel flattens the contrast; a constant image gives zeros.
+    A JPEG without its end marker is completed and decoded (see the module docstring).
+    ``.dcm`` and ``.dicom`` files are read by ``fracture_lib.dicom.load_dicom``: the file's own
+    Modality LUT and VOI LUT or window are applied (percentiles when it has no window),
+    MONOCHROME1 is inverted so bone is bright, and multi-frame files are refused.
+    The bytes are read with NumPy, so paths with non-ASCII characters work on every platform.
+    A missing, empty or undecodable file raises ``ImageReadError`` naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found: check the path")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        # Imported here: pydicom is only loaded when a DICOM file is read.
+        from fracture_lib.dicom import load_dicom
+        return load_dicom(path)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise ImageReadError(path, f"{error.strerror or error}: check the file's permissions") from None
     if data.size == 0:
         raise ImageReadError(path, "the file is empty: replace it with a valid PNG or JPEG")
+    return _decode_png_or_jpeg(path, data)
+
+
+def _decode_png_or_jpeg(path: Path, data: np.ndarray) -> np.ndarray:
+    """Decode a PNG or JPEG file's bytes ``data`` to 8-bit grey."""
     if _is_truncated_buffer(data):
         # libjpeg decodes what is there once the end marker is supplied; the rest comes out grey.
         data = np.concatenate([data, np.frombuffer(_JPEG_END, dtype=np.uint8)])
@@ -91,6 +123,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     except cv2.error:
         image = None
     if image is None or image.size == 0:
+        offset, marker = _DICOM_MARKER
+        if bytes(data[offset:offset + len(marker)]) == marker:
+            raise ImageReadError(path, "this is a DICOM file, not a PNG or JPEG: rename it to .dcm")
         raise ImageReadError(path, "not a decodable PNG or JPEG image: replace or remove the file")
     return to_grey_uint8(image)
 
@@ -101,7 +136,11 @@ def decode_notes(path: str | os.PathLike[str]) -> list[str]:
 
 
 def to_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Convert a decoded image of any depth and channel count to 8-bit greyscale (H, W)."""
+    """Convert a decoded image of any depth and channel count to 8-bit greyscale (H, W).
+
+    Colour images are taken to be in OpenCV's BGR(A) order. 8-bit images are kept as they are;
+    deeper ones are windowed by percentiles (``percentile_window``).
+    """
     image = np.asarray(image)
     if image.ndim == 3:
         channels = image.shape[2]
@@ -115,12 +154,40 @@ def to_grey_uint8(image: np.ndarray) -> np.ndarray:
         raise ParameterError(f"expected a 2-D greyscale or 3-D colour image, got shape {image.shape}")
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
-    # Deeper images (16-bit, float) are stretched from their own range to 0..255.
-    values = image.astype(np.float32)
-    low, high = float(values.min()), float(values.max())
+    return display_to_uint8(percentile_window(image))
+
+
+def percentile_window(values: np.ndarray) -> np.ndarray:
+    """Clip ``values`` to their own percentile window and scale it to 0..255 (float32).
+
+    The window runs from the ``WINDOW_LOW_PERCENTILE`` to the ``WINDOW_HIGH_PERCENTILE`` of the
+    finite values. Not-a-number pixels come out 0, infinite ones at the window's ends.
+    """
+    values = np.asarray(values)
+    finite = values if np.issubdtype(values.dtype, np.integer) else values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = np.percentile(finite, [WINDOW_LOW_PERCENTILE, WINDOW_HIGH_PERCENTILE])
+    if finite.size != values.size:
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    return scale_window(values, float(low), float(high))
+
+
+def scale_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip ``values`` to ``low``..``high`` and scale that range to 0..255 (float32).
+
+    An empty window (``high <= low``, such as a constant image) gives zeros, never a division
+    by zero.
+    """
     if not high > low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+        return np.zeros(np.shape(values), dtype=np.float32)
+    clipped = np.clip(np.asarray(values, dtype=np.float32), low, high)
+    return ((clipped - low) * (255.0 / (high - low))).astype(np.float32)
+
+
+def display_to_uint8(display: np.ndarray) -> np.ndarray:
+    """Round grey levels in 0..255 (any dtype) to an 8-bit image."""
+    return np.clip(np.round(display), 0, 255).astype(np.uint8)
 
 
 def try_load_image(path: str | os.PathLike[str]) -> np.ndarray | None:

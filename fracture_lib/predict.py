@@ -9,8 +9,14 @@ preprocessing it was trained with (``PreprocessSettings`` from its ``config.json
 same ``preprocess.load_and_preprocess`` that builds the training cache), and decided at the
 threshold saved with it (``evaluation.json`` from notebook 04; 0.5, with a note, when absent).
 
-Bad inputs (a missing path, an unreadable or non-image file, an empty folder, no trained model
-for the body part) give that input a one-line ``error`` and the other inputs are still scored.
+Bad inputs (a missing path, an unreadable or non-image file, an empty folder, an image smaller
+than ``MIN_IMAGE_SIDE`` pixels on a side, a blank image, no trained model for the body part) give
+that input a one-line ``error`` and the other inputs are still scored.
+
+Inputs the runs cannot judge (see ``outliers``): an image whose features lie farther from the
+training images' than the farthest 1% of validation images, or one the body-part classifier is
+less sure of than of 99% of its validation images, is still scored but flagged: ``unfamiliar``
+is true and a note says why. With ``strict`` (``predict --strict``) a flagged input is an error.
 
 JSON output (``python -m fracture_lib predict --json``): one object per input, one per line::
 
@@ -32,7 +38,8 @@ JSON output (``python -m fracture_lib predict --json``): one object per input, o
       ],
       "probability": float | null,      # the image's, or the study's mean, fracture probability
       "decision": "abnormal" | "normal" | null,   # probability >= threshold is "abnormal"
-      "notes": [str],                   # e.g. default threshold, synthetic training data
+      "unfamiliar": bool | null,        # flagged by the outlier rules; null when a run has none
+      "notes": [str],                   # e.g. default threshold, synthetic training data, why unfamiliar
       "error": str | null               # one line naming the input and the fix; null when scored
     }
 
@@ -52,7 +59,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fracture_lib import config, imageio, runs
+from fracture_lib import config, imageio, outliers, runs
 from fracture_lib.metrics import DEFAULT_THRESHOLD
 from fracture_lib.errors import FractureLibError, ImageReadError, ModelNotFoundError, ParameterError
 
@@ -60,6 +67,15 @@ from fracture_lib.errors import FractureLibError, ImageReadError, ModelNotFoundE
 IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES
 ABNORMAL = "abnormal"
 NORMAL = "normal"
+# How the notes of ``Predictor._check_familiar`` begin (``--strict`` turns the first two into errors).
+UNFAMILIAR_NOTE = "unfamiliar input:"
+UNSURE_NOTE = "unsure body part:"
+NO_RULE_NOTE = "unfamiliar inputs are not flagged by"
+UNFAMILIAR_PREFIXES = (UNFAMILIAR_NOTE, UNSURE_NOTE, NO_RULE_NOTE)
+# The smallest image side scored: below it a film holds too little to judge (MURA's are 100s of px).
+MIN_IMAGE_SIDE = 64
+# An image whose 1st-99th percentile grey levels lie closer than this is blank (near-constant).
+BLANK_SPREAD = 8
 
 
 @dataclass
@@ -96,6 +112,7 @@ class PredictionResult:
     images: list[ImageScore] = field(default_factory=list)
     probability: float | None = None
     decision: str | None = None
+    unfamiliar: bool | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -151,18 +168,30 @@ def collect_images(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
     return "study", images
 
 
+def check_scorable(image: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Raise ``ImageReadError`` naming ``path`` for an image too small or too blank to judge."""
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageReadError(path, f"image is {width} x {height} pixels: a radiograph needs at least "
+                                   f"{MIN_IMAGE_SIDE} pixels on each side")
+    low, high = np.percentile(image, [1, 99])
+    if high - low < BLANK_SPREAD:
+        raise ImageReadError(path, f"image is blank (98% of its pixels lie within {high - low:.0f} grey levels): "
+                                   "pass a radiograph")
+
+
 def _read_preprocessed(path: Path, settings) -> np.ndarray:
-    """Decode and preprocess one image exactly as the training cache does: uint8 (S, S)."""
+    """Decode, check and preprocess one image exactly as the training cache does: uint8 (S, S)."""
     from fracture_lib import preprocess
 
-    if path.suffix.lower() == ".dcm":
-        raise ImageReadError(path, "DICOM is not supported: export the image to PNG first")
     try:
-        return preprocess.load_and_preprocess(path, settings)
+        image = imageio.load_image(path)
     except FractureLibError:
         raise
     except (OSError, ValueError) as error:
         raise ImageReadError(path, f"not a readable image ({error})") from error
+    check_scorable(image, path)
+    return preprocess.preprocess_image(image, settings)
 
 
 class ScoringModel:
@@ -179,9 +208,12 @@ class ScoringModel:
         self.run = run
         self.settings = run.preprocess
         self.img_size = int(run.preprocess.img_size)
-        model = run.model
+        # The rule that flags unfamiliar inputs (None for runs trained before it was saved).
+        self.outlier_rule = outliers.load_rule(run.run_dir)
+        # One forward pass gives the pooled features (for that rule) and the output.
+        two_outputs = outliers.feature_model(run.model)
         signature = [tf.TensorSpec((None, self.img_size, self.img_size, 1), tf.float32)]
-        self._forward = tf.function(lambda images: model(images, training=False),
+        self._forward = tf.function(lambda images: two_outputs(images, training=False),
                                     input_signature=signature)
         # Trace now, so the first scored image is not charged for it.
         self._forward(tf.zeros((1, self.img_size, self.img_size, 1), tf.float32))
@@ -201,11 +233,15 @@ class ScoringModel:
         A run trained with ``tta`` scores each image and its mirror image and averages the two, as
         its validation predictions (and so its threshold) did.
         """
+        return self.scores_and_features(images)[0]
+
+    def scores_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` and the pooled features (N, D) of the unmirrored images."""
         batch = np.asarray(images, dtype=np.float32)[..., np.newaxis]
-        outputs = self._forward(batch).numpy()
+        features, outputs = (tensor.numpy() for tensor in self._forward(batch))
         if self.tta:
-            outputs = (outputs + self._forward(np.ascontiguousarray(batch[:, :, ::-1])).numpy()) / 2.0
-        return outputs[:, 0] if outputs.shape[-1] == 1 else outputs
+            outputs = (outputs + self._forward(np.ascontiguousarray(batch[:, :, ::-1]))[1].numpy()) / 2.0
+        return (outputs[:, 0] if outputs.shape[-1] == 1 else outputs), features
 
 
 class Predictor:
@@ -213,11 +249,13 @@ class Predictor:
 
     ``run_name`` picks the run of every model (None: the latest of each). ``gradcam_dir``: write
     a Grad-CAM overlay PNG per image there; ``keep_overlays``: keep the overlay arrays on the
-    results (the notebook shows them) even without writing files.
+    results (the notebook shows them) even without writing files. ``strict``: an input flagged
+    as unfamiliar (or one a run cannot check) becomes an error instead of a note.
     """
 
     def __init__(self, models_dir: str | os.PathLike[str] | None = None, run_name: str | None = None,
-                 gradcam_dir: str | os.PathLike[str] | None = None, keep_overlays: bool = False) -> None:
+                 gradcam_dir: str | os.PathLike[str] | None = None, keep_overlays: bool = False,
+                 strict: bool = False) -> None:
         self.models_dir = config.resolve_path(models_dir) if models_dir is not None else config.MODELS_DIR
         if not self.models_dir.is_dir():
             raise ModelNotFoundError(
@@ -227,6 +265,7 @@ class Predictor:
         self.run_name = run_name
         self.gradcam_dir = config.resolve_path(gradcam_dir) if gradcam_dir is not None else None
         self.keep_overlays = keep_overlays
+        self.strict = strict
         self._loaded: dict[str, ScoringModel | FractureLibError] = {}
 
     def scoring_model(self, name: str) -> ScoringModel:
@@ -285,17 +324,21 @@ class Predictor:
         """Fill ``result`` step by step, so a failing step leaves what was found before it."""
         kind, image_paths = collect_images(path)
         result.kind = kind
+        checks = []
         if part is not None:
             result.body_part, result.body_part_source = part, "override"
         else:
-            self._route(result, image_paths)
+            checks.append(self._route(result, image_paths))
         # Truncated JPEGs are scored (decoded as the cache decodes them), with a note saying so.
         for image_path in image_paths:
             result.notes.extend(f"{image_path.name}: {note}" for note in imageio.decode_notes(image_path))
         model = self.scoring_model(result.body_part)
         self._describe_run(result, model)
         images = np.stack([model.preprocess(image_path) for image_path in image_paths])
-        probabilities = model.scores(images)
+        probabilities, features = model.scores_and_features(images)
+        checks.append(self._check_familiar(result, model, image_paths, features))
+        # Flagged by any run's rule; unknown when a run has none; else familiar.
+        result.unfamiliar = True if True in checks else (None if None in checks else False)
         for image_path, image, probability in zip(image_paths, images, probabilities):
             score = ImageScore(str(image_path), float(probability), decide(float(probability), result.threshold))
             if self.gradcam_dir is not None or self.keep_overlays:
@@ -308,13 +351,46 @@ class Predictor:
         if kind == "image":
             result.aggregation = None
         result.decision = decide(result.probability, result.threshold)
+        if self.strict and result.unfamiliar is not False:
+            flagged = [note for note in result.notes if note.startswith(UNFAMILIAR_PREFIXES)]
+            result.error = f"{path}: {flagged[0] if flagged else 'cannot be checked'} (--strict)"
 
-    def _route(self, result: PredictionResult, image_paths: Sequence[Path]) -> None:
-        """Pick the body part with the classifier: the argmax of the images' mean probabilities."""
+    def _check_familiar(self, result: PredictionResult, model: ScoringModel, image_paths: Sequence[Path],
+                        features: np.ndarray, max_probability: float | None = None) -> bool | None:
+        """Note why the input is unfamiliar to ``model``; True when a rule fired, None when it has no rule."""
+        rule = model.outlier_rule
+        role = "the body-part classifier" if model.run.config.get("target") == config.BODY_PART_TARGET \
+            else f"the {model.run.name} model"
+        if rule is None:
+            result.notes.append(f"{NO_RULE_NOTE} {role} ({model.run.run_dir} has no {outliers.OUTLIERS_FILENAME}): "
+                                "retrain it to add the check")
+            return None
+        distances = rule.distances(features)
+        flagged = False
+        for image_path, distance in zip(image_paths, distances):
+            if distance > rule.distance_threshold:
+                flagged = True
+                result.notes.append(
+                    f"{UNFAMILIAR_NOTE} {image_path.name} does not look like the films {role} was trained on "
+                    f"(feature distance {distance:.1f} > {rule.distance_threshold:.1f}, the farthest "
+                    f"{outliers.FALSE_ALARM_TARGET:.0%} of its validation films): its score may mean nothing")
+        if max_probability is not None and rule.unsure(np.array([max_probability]))[0]:
+            flagged = True
+            result.notes.append(
+                f"{UNSURE_NOTE} the classifier's highest probability {max_probability:.2f} is below {rule.probability_threshold:.2f} "
+                f"(the least sure {outliers.FALSE_ALARM_TARGET:.0%} of its validation films): pass --part if you know it")
+        return flagged
+
+    def _route(self, result: PredictionResult, image_paths: Sequence[Path]) -> bool | None:
+        """Pick the body part with the classifier (the argmax of the images' mean probabilities).
+
+        Returns what ``_check_familiar`` said about the input to the classifier.
+        """
         router = self.scoring_model(config.BODY_PART_TARGET)
         classes = list(router.run.classes or router.run.config.get("classes") or [])
         images = np.stack([router.preprocess(image_path) for image_path in image_paths])
-        mean_probabilities = np.atleast_2d(router.scores(images)).mean(axis=0)
+        probabilities, features = router.scores_and_features(images)
+        mean_probabilities = np.atleast_2d(probabilities).mean(axis=0)
         if len(classes) != mean_probabilities.shape[-1]:
             raise ModelNotFoundError(
                 f"body-part classifier {router.run.run_dir} lists {len(classes)} classes but outputs "
@@ -325,6 +401,8 @@ class Predictor:
         result.body_part_probability = float(mean_probabilities[best])
         result.body_part_source = "classifier"
         result.body_part_run_dir = str(router.run.run_dir)
+        familiar_check = self._check_familiar(result, router, image_paths, features,
+                                              max_probability=result.body_part_probability)
         # MURA's folders name the study type (XR_WRIST, ...): say so when the router disagrees.
         named = re.search(r"XR_([A-Z]+)", str(image_paths[0]))
         if named and named.group(1).lower() != result.body_part:
@@ -332,6 +410,7 @@ class Predictor:
                 f"the path says {named.group(0)} but the classifier chose {result.body_part!r} "
                 f"(it knows {', '.join(classes)}): pass --part if you know the body part"
             )
+        return familiar_check
 
     def _describe_run(self, result: PredictionResult, model: ScoringModel) -> None:
         """Record the fracture run, its threshold and the notes a reader needs about them."""
@@ -422,15 +501,17 @@ def write_png(image: np.ndarray, path: Path) -> Path:
 
 def predict_paths(paths: Iterable[str | os.PathLike[str]], models_dir: str | os.PathLike[str] | None = None,
                   part: str | None = None, run_name: str | None = None,
-                  gradcam_dir: str | os.PathLike[str] | None = None) -> list[PredictionResult]:
+                  gradcam_dir: str | os.PathLike[str] | None = None, strict: bool = False) -> list[PredictionResult]:
     """Score image files and study folders; bad inputs get ``error`` set, the others are scored.
+
+    ``strict``: inputs flagged as unfamiliar (see ``outliers``) get ``error`` set too.
 
     Raises ``ModelNotFoundError`` when ``models_dir`` does not exist and ``ParameterError`` for an
     unknown ``part`` (usage errors that concern every input).
     """
     if part is not None:
         part = config.parse_body_parts(part)[0]  # a usage error: fail before loading anything
-    predictor = Predictor(models_dir, run_name=run_name, gradcam_dir=gradcam_dir)
+    predictor = Predictor(models_dir, run_name=run_name, gradcam_dir=gradcam_dir, strict=strict)
     if part is not None:
         predictor.check_part(part)
     return predictor.score_all(paths, part=part)

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, datasets, recipe, resume, synthetic
+from fracture_lib import config, datasets, outliers, recipe, resume, synthetic
 from fracture_lib.files import replace_path
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
@@ -391,6 +391,8 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
             model.load_weights(work_dir / resume.BEST_WEIGHTS)
         val_probabilities = predict_images(model, val_images, batch_size=global_batch, tta=train_config.tta)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
+    # How the training images look to the model, for predict's unfamiliar-input check (see outliers).
+    outlier_rule = outliers.fit_run_rule(model, train_images, val_images, batch_size=global_batch)
     seconds = time.perf_counter() - started
     run_config = {
         **_run_description(train_config, model, source, subset, class_weights),
@@ -401,8 +403,12 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         "best_epoch": int(best_metrics["epoch"]) if "epoch" in best_metrics else None,
         "best": best_metrics,
         "seconds": seconds,
+        "outlier_rule": {"false_alarm_target": outliers.FALSE_ALARM_TARGET,
+                         "distance_threshold": outlier_rule.distance_threshold,
+                         "probability_threshold": outlier_rule.probability_threshold},
     }
     model.save(work_dir / "model.keras")
+    outliers.save_rule(outlier_rule, work_dir)
     (work_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
     predictions.to_csv(work_dir / "val_predictions.csv", index=False)
     resume.finish_work_dir(work_dir)

@@ -13,18 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from fracture_lib import error_analysis, evaluation, metrics, routing, summary
 from fracture_lib.errors import ParameterError
-
-
-def image_table() -> pd.DataFrame:
-    """Five images of three studies (two patients)."""
-    return pd.DataFrame({
-        "path": [f"image{number}.png" for number in range(5)],
-        "study": ["s1", "s1", "s2", "s3", "s3"],
-        "patient": ["p1", "p1", "p1", "p2", "p2"],
-        "body_part": "elbow",
-        "label": [1, 1, 0, 0, 0],
-        "probability": [0.2, 0.8, 0.3, 0.6, 0.1],
-    })
+from test_metrics import image_table
 
 
 def split_predictions(seed: int, patients: int = 40) -> pd.DataFrame:

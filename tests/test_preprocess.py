@@ -43,7 +43,8 @@ def test_load_image_gives_8_bit_grey(tmp_path: Path, name: str, convert) -> None
     assert np.abs(image.astype(int) - grey.astype(int)).mean() <= tolerance
 
 
-def test_16_bit_is_stretched_from_its_own_range(tmp_path: Path) -> None:
+def test_16_bit_is_windowed_to_its_own_percentiles(tmp_path: Path) -> None:
+    # Four values: the 0.5 and 99.5 percentiles lie close to the extremes, which map to 0 and 255.
     deep = np.array([[1000, 2000], [3000, 5000]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
     image = load_image(tmp_path / "deep.png")

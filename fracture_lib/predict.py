@@ -329,6 +329,8 @@ class Predictor:
             result.body_part, result.body_part_source = part, "override"
         else:
             checks.append(self._route(result, image_paths))
+            # Flagged by the classifier already: said even when the routed part has no model.
+            result.unfamiliar = True if checks[-1] else None
         # Truncated JPEGs are scored (decoded as the cache decodes them), with a note saying so.
         for image_path in image_paths:
             result.notes.extend(f"{image_path.name}: {note}" for note in imageio.decode_notes(image_path))

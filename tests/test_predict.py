@@ -473,3 +473,21 @@ def test_a_run_without_outlier_rule_is_scored_with_a_note(tiny_runs, capsys, tmp
     (models / "elbow" / "tiny" / "outliers.npz").write_bytes(b"garbage")
     code, out, err = predict_cli(capsys, elbow_image, "--part", "elbow", "--models", str(models))
     assert code == 1 and "cannot read" in err and "outliers.npz" in err and "Traceback" not in err
+
+
+def test_an_input_flagged_by_the_classifier_keeps_the_flag_when_its_part_has_no_model(
+        tiny_runs, tmp_path: Path, hand_image: Path) -> None:
+    from fracture_lib import outliers
+
+    # The copied classifier's rule is centred far from every film: whatever it routes is flagged.
+    models = tmp_path / "models"
+    router_dir = models / config.BODY_PART_TARGET / "tiny"
+    shutil.copytree(tiny_runs[config.BODY_PART_TARGET], router_dir)
+    rule = outliers.load_rule(router_dir)
+    outliers.save_rule(outliers.OutlierRule(mean=rule.mean + 1e6, precision=rule.precision, distance_threshold=1.0,
+                                            probability_threshold=None, n_train=1, n_val=1), router_dir)
+    result = predict.Predictor(models, run_name="tiny").score(hand_image)
+    # No fracture model exists in this folder, so the input fails, but the flag and its reason stay.
+    assert result.error is not None and "no trained model" in result.error
+    assert result.unfamiliar is True
+    assert any(note.startswith(predict.UNFAMILIAR_NOTE) and "body-part classifier" in note for note in result.notes)

@@ -264,12 +264,10 @@ def trained_source(run: Any) -> datasets.DataSource:
     return datasets.resolve_source(location)
 
 
-def evaluation_defaults(run: Any) -> tuple[str, str]:
+def evaluation_defaults(run: runs.LoadedRun) -> tuple[str, str]:
     """The aggregation and threshold method of the run's ``evaluation.json`` (notebook 04), else mean/fixed."""
-    saved = runs.read_evaluation(run.run_dir)
-    aggregation = runs.read_aggregation(run.run_dir)
-    method = saved.get("threshold_method") if saved.get("threshold_method") in THRESHOLD_METHODS else "fixed"
-    return aggregation, method
+    method = runs.read_evaluation(run.run_dir).get("threshold_method")
+    return run.aggregation, method if method in THRESHOLD_METHODS else "fixed"
 
 
 def _part_rows(run: Any, source: datasets.DataSource) -> pd.DataFrame:
@@ -315,7 +313,7 @@ def evaluate_run(run: Any, data: str | os.PathLike[str] | datasets.DataSource | 
                  external: bool = False, aggregation: str | None = None, threshold_method: str | None = None,
                  n_boot: int = 1000, seed: int = config.DEFAULT_SEED,
                  cache_dir: str | os.PathLike[str] | None = None) -> RunEvaluation:
-    """Evaluate a fracture run (a ``train.LoadedRun`` or its folder) on ``split`` of ``data``.
+    """Evaluate a fracture run (a ``runs.LoadedRun`` or its folder) on ``split`` of ``data``.
 
     ``data=None`` means the source the run was trained on. ``aggregation`` and
     ``threshold_method`` default to the run's ``evaluation.json`` (else ``mean`` and ``fixed``).

@@ -418,9 +418,9 @@ class Predictor:
         """Record the fracture run, its threshold and the notes a reader needs about them."""
         run = model.run
         result.run_dir = str(run.run_dir)
-        evaluation = runs.read_evaluation(run.run_dir)
         result.aggregation = run.aggregation
-        if evaluation:
+        # load_run has read (and checked) evaluation.json when there is one.
+        if (run.run_dir / runs.EVALUATION_FILENAME).is_file():
             result.threshold, result.threshold_source = float(run.threshold), runs.EVALUATION_FILENAME
         else:
             result.threshold, result.threshold_source = DEFAULT_THRESHOLD, "default"

@@ -13,7 +13,12 @@ values below the ``WINDOW_LOW_PERCENTILE`` and above the ``WINDOW_HIGH_PERCENTIL
 are clipped and the range between is scaled to 0..255. X-ray detectors rarely use the full
 16-bit range (a plain division by 257 would leave a 12-bit image almost black), and a plain
 minimum-maximum stretch lets one hot pixel flatten the contrast of the whole film. A constant
-image comes out all zero (the preprocessing step refuses blank images).
+image comes out all zero.
+
+Images nobody can judge. ``unscorable_reason`` tells an image under ``MIN_IMAGE_SIDE`` pixels a
+side or a blank one (its 1st-99th percentile grey levels closer than ``BLANK_SPREAD``). ``predict``
+refuses them, the data sources' image check (``verify_images``) reports or drops them, and the
+preprocessing cache warns about any it is asked to train on.
 
 Truncated JPEGs. Real sets hold JPEGs cut short by a failed copy (FracAtlas: 86 of 4,083 films
 lack JPEG's end-of-image marker, most of them exactly 16 KiB long). ``cv2.imdecode`` refuses
@@ -55,6 +60,12 @@ _JPEG_END = b"\xff\xd9"
 _JPEG_TAIL_BYTES = 64
 # A DICOM file has "DICM" after its 128-byte preamble.
 _DICOM_MARKER = (128, b"DICM")
+# The smallest image side judged: below it a film holds too little to read (MURA's are 100s of px).
+MIN_IMAGE_SIDE = 64
+# An image whose 1st-99th percentile grey levels lie closer than this is blank (near-constant).
+BLANK_SPREAD = 8
+# The blank check looks at an evenly strided sample of about this many pixels (fast on any size).
+_BLANK_SAMPLE_PIXELS = 65536
 TRUNCATED_NOTE = ("truncated JPEG (no end-of-image marker): the missing bottom rows were filled with grey "
                   "by the decoder, so the score may be unreliable")
 
@@ -188,6 +199,32 @@ def scale_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
 def display_to_uint8(display: np.ndarray) -> np.ndarray:
     """Round grey levels in 0..255 (any dtype) to an 8-bit image."""
     return np.clip(np.round(display), 0, 255).astype(np.uint8)
+
+
+def unscorable_reason(image: np.ndarray) -> str | None:
+    """Why a decoded uint8 image is too small or too blank to judge, or None when it is fine."""
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"image is {width} x {height} pixels: a radiograph needs at least {MIN_IMAGE_SIDE} pixels on each side"
+    step = max(1, int(np.sqrt(height * width / _BLANK_SAMPLE_PIXELS)))
+    sample = np.asarray(image[::step, ::step])
+    if sample.dtype == np.uint8:
+        # Percentiles from the grey-level histogram: a fraction of a millisecond per film.
+        cumulative = np.cumsum(np.bincount(sample.ravel(), minlength=256))
+        low, high = np.searchsorted(cumulative, [0.01 * cumulative[-1], 0.99 * cumulative[-1]])
+    else:
+        low, high = np.percentile(sample, [1, 99])
+    if high - low < BLANK_SPREAD:
+        return (f"image is blank (98% of its pixels lie within {high - low:.0f} grey levels): "
+                "pass a radiograph")
+    return None
+
+
+def check_scorable(image: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Raise ``ImageReadError`` naming ``path`` for an image too small or too blank to judge."""
+    reason = unscorable_reason(image)
+    if reason is not None:
+        raise ImageReadError(path, reason)
 
 
 def try_load_image(path: str | os.PathLike[str]) -> np.ndarray | None:

@@ -10,12 +10,13 @@ same ``preprocess.load_and_preprocess`` that builds the training cache), and dec
 threshold saved with it (``evaluation.json`` from notebook 04; 0.5, with a note, when absent).
 
 Bad inputs (a missing path, an unreadable or non-image file, an empty folder, an image smaller
-than ``MIN_IMAGE_SIDE`` pixels on a side, a blank image, no trained model for the body part) give
+than ``imageio.MIN_IMAGE_SIDE`` pixels on a side, a blank image, no trained model for the body part) give
 that input a one-line ``error`` and the other inputs are still scored.
 
-Inputs the runs cannot judge (see ``outliers``): an image whose features lie farther from the
-training images' than the farthest 1% of validation images, or one the body-part classifier is
-less sure of than of 99% of its validation images, is still scored but flagged: ``unfamiliar``
+Inputs the runs cannot judge (see ``outliers``): an image whose features lie unusually far from
+the training images', or one the body-part classifier is unusually unsure of (thresholds set on
+validation; the three rules of a routed input flag at most 1% of ordinary films together), is
+still scored but flagged: ``unfamiliar``
 is true and a note says why. With ``strict`` (``predict --strict``) a flagged input is an error.
 
 JSON output (``python -m fracture_lib predict --json``): one object per input, one per line::
@@ -72,10 +73,6 @@ UNFAMILIAR_NOTE = "unfamiliar input:"
 UNSURE_NOTE = "unsure body part:"
 NO_RULE_NOTE = "unfamiliar inputs are not flagged by"
 UNFAMILIAR_PREFIXES = (UNFAMILIAR_NOTE, UNSURE_NOTE, NO_RULE_NOTE)
-# The smallest image side scored: below it a film holds too little to judge (MURA's are 100s of px).
-MIN_IMAGE_SIDE = 64
-# An image whose 1st-99th percentile grey levels lie closer than this is blank (near-constant).
-BLANK_SPREAD = 8
 
 
 @dataclass
@@ -168,18 +165,6 @@ def collect_images(path: str | os.PathLike[str]) -> tuple[str, list[Path]]:
     return "study", images
 
 
-def check_scorable(image: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Raise ``ImageReadError`` naming ``path`` for an image too small or too blank to judge."""
-    height, width = image.shape[:2]
-    if min(height, width) < MIN_IMAGE_SIDE:
-        raise ImageReadError(path, f"image is {width} x {height} pixels: a radiograph needs at least "
-                                   f"{MIN_IMAGE_SIDE} pixels on each side")
-    low, high = np.percentile(image, [1, 99])
-    if high - low < BLANK_SPREAD:
-        raise ImageReadError(path, f"image is blank (98% of its pixels lie within {high - low:.0f} grey levels): "
-                                   "pass a radiograph")
-
-
 def _read_preprocessed(path: Path, settings) -> np.ndarray:
     """Decode, check and preprocess one image exactly as the training cache does: uint8 (S, S)."""
     from fracture_lib import preprocess
@@ -190,7 +175,7 @@ def _read_preprocessed(path: Path, settings) -> np.ndarray:
         raise
     except (OSError, ValueError) as error:
         raise ImageReadError(path, f"not a readable image ({error})") from error
-    check_scorable(image, path)
+    imageio.check_scorable(image, path)
     return preprocess.preprocess_image(image, settings)
 
 
@@ -375,12 +360,12 @@ class Predictor:
                 result.notes.append(
                     f"{UNFAMILIAR_NOTE} {image_path.name} does not look like the films {role} was trained on "
                     f"(feature distance {distance:.1f} > {rule.distance_threshold:.1f}, the farthest "
-                    f"{outliers.FALSE_ALARM_TARGET:.0%} of its validation films): its score may mean nothing")
+                    f"{rule.level:.2%} of films like its validation ones): its score may mean nothing")
         if max_probability is not None and rule.unsure(np.array([max_probability]))[0]:
             flagged = True
             result.notes.append(
                 f"{UNSURE_NOTE} the classifier's highest probability {max_probability:.2f} is below {rule.probability_threshold:.2f} "
-                f"(the least sure {outliers.FALSE_ALARM_TARGET:.0%} of its validation films): pass --part if you know it")
+                f"(the least sure {rule.level:.2%} of its validation films): pass --part if you know it")
         return flagged
 
     def _route(self, result: PredictionResult, image_paths: Sequence[Path]) -> bool | None:

@@ -2,7 +2,7 @@
 
 Every radiograph is decoded once per set of ``PreprocessSettings`` and stored in one compact
 ``uint8`` array, so training epochs read memory instead of PNG files. ``predict`` applies the
-same ``load_and_preprocess`` function with the settings saved in a run, so a new image gets
+same decoder and ``preprocess_image`` with the settings saved in a run, so a new image gets
 exactly the preprocessing the model was trained with.
 
 The cache lives in ``config.CACHE_DIR/<key>/`` as ``images.npy`` (``uint8 (N, S, S)``) and
@@ -34,7 +34,7 @@ from fracture_lib import config
 from fracture_lib.errors import FractureLibError, ImageReadError, ParameterError
 from fracture_lib.files import replace_path
 # The one decoder (re-exported: callers have long used preprocess.load_image).
-from fracture_lib.imageio import load_image, to_grey_uint8  # noqa: F401
+from fracture_lib.imageio import load_image, to_grey_uint8, unscorable_reason  # noqa: F401
 
 # Bump when the preprocessing maths change, so old caches are not reused.
 CACHE_FORMAT_VERSION = 2
@@ -360,9 +360,14 @@ def _decode_all(paths: list[Path], settings: PreprocessSettings, workers: int | 
     size = settings.img_size
     images = np.zeros((len(paths), size, size), dtype=np.uint8)
     workers = workers or max(1, os.cpu_count() or 1)
+    unscorable: dict[int, str] = {}
 
     def decode(position: int) -> None:
-        images[position] = load_and_preprocess(paths[position], settings)
+        image = load_image(paths[position])
+        reason = unscorable_reason(image)
+        if reason is not None:
+            unscorable[position] = reason
+        images[position] = preprocess_image(image, settings)
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -376,7 +381,18 @@ def _decode_all(paths: list[Path], settings: PreprocessSettings, workers: int | 
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    if unscorable:
+        _warn_unscorable({paths[position]: reason for position, reason in sorted(unscorable.items())})
     return images
+
+
+def _warn_unscorable(reasons: dict[Path, str]) -> None:
+    """Warn that images ``predict`` would refuse (blank or tiny) are being cached for a model."""
+    first, reason = next(iter(reasons.items()))
+    warnings.warn(f"{len(reasons)} image(s) too small or blank to judge are in the cache, e.g. {first}: {reason}; "
+                  "a model will train or be scored on them as they are: leave them out with "
+                  "`index --verify-images --drop-missing` (verify_images=True, drop_missing=True)",
+                  UserWarning, stacklevel=4)
 
 
 def clear_cache(cache_dir: str | os.PathLike[str] | None = None) -> None:

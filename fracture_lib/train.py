@@ -403,7 +403,7 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         "best_epoch": int(best_metrics["epoch"]) if "epoch" in best_metrics else None,
         "best": best_metrics,
         "seconds": seconds,
-        "outlier_rule": {"false_alarm_target": outliers.FALSE_ALARM_TARGET,
+        "outlier_rule": {"false_alarm_target": outliers.FALSE_ALARM_TARGET, "level": outlier_rule.level,
                          "distance_threshold": outlier_rule.distance_threshold,
                          "probability_threshold": outlier_rule.probability_threshold},
     }

@@ -146,6 +146,32 @@ def test_data_source_errors_name_the_file(tmp_path: Path, capsys) -> None:
     assert out_csv.read_text() == "earlier index\n"
 
 
+def test_label_contradicting_its_folder_and_blank_training_films(tiny_demo_root: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "demo"
+    shutil.copytree(tiny_demo_root, root)
+    out_csv = tmp_path / "index.csv"
+    out_csv.write_text("earlier index\n")
+    # A study whose labels CSV says normal while its folder says positive: refused, naming it.
+    labels_csv = root / "MURA-v1.1" / "train_labeled_studies.csv"
+    lines = labels_csv.read_text().splitlines()
+    flipped = next(number for number, line in enumerate(lines) if "_positive/," in line)
+    lines[flipped] = lines[flipped].rsplit(",", 1)[0] + ",0"
+    labels_csv.write_text("\n".join(lines) + "\n")
+    code, out, err = _run(capsys, "index", root, "--out", out_csv)
+    line = _assert_one_line_errors(err, 1)[0]
+    assert code == 2 and "contradicts the folder name" in line and lines[flipped].split(",")[0].rstrip("/") in line
+    labels_csv.write_text("\n".join(lines[:flipped] + [lines[flipped][:-1] + "1"] + lines[flipped + 1:]) + "\n")
+    # A blank film among the training images: found by --verify-images, and dropped with --drop-missing.
+    blank = sorted((root / "MURA-v1.1" / "train").rglob("*.png"))[0]
+    cv2.imwrite(str(blank), np.full((256, 256), 12, np.uint8))
+    code, out, err = _run(capsys, "index", root, "--out", out_csv, "--verify-images")
+    line = _assert_one_line_errors(err, 1)[0]
+    assert code == 2 and "1 blank" in line and blank.name in line and "--drop-missing" in line
+    assert out_csv.read_text() == "earlier index\n"
+    code, out, err = _run(capsys, "index", root, "--out", out_csv, "--verify-images", "--drop-missing")
+    assert code == 0 and str(blank.relative_to(root)) not in out_csv.read_text()
+
+
 def test_corrupt_evaluation_is_listed_and_refused(models: Path, good_image: Path, tmp_path: Path, capsys) -> None:
     copy = tmp_path / "models"
     shutil.copytree(models, copy)

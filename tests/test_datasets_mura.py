@@ -36,7 +36,7 @@ def study_folder(mura_split: str, part: str, patient: int, study: int, label: in
 
 
 def write_mura(root: Path, studies=STUDIES, with_csv: bool = True, header: bool = False) -> Path:
-    """Write a tiny MURA tree (8x8 PNGs) and, optionally, its four official CSVs."""
+    """Write a tiny MURA tree (64-px noise PNGs) and, optionally, its four official CSVs."""
     rng = np.random.default_rng(0)
     image_lines = {"train": [], "valid": []}
     study_lines = {"train": [], "valid": []}
@@ -44,7 +44,7 @@ def write_mura(root: Path, studies=STUDIES, with_csv: bool = True, header: bool 
         folder = study_folder(mura_split, part, patient, study, label)
         (root / folder).mkdir(parents=True, exist_ok=True)
         for view in range(1, views + 1):
-            image = rng.integers(0, 256, size=(8 + view, 8), dtype=np.uint8)
+            image = rng.integers(0, 256, size=(64 + view, 64), dtype=np.uint8)
             assert cv2.imwrite(str(root / folder / f"image{view}.png"), image)
             image_lines[mura_split].append(f"{folder}/image{view}.png")
         study_lines[mura_split].append(f"{folder}/,{label}")
@@ -151,6 +151,21 @@ def test_unreadable_image_is_found_with_verify_images(mura_root: Path) -> None:
     with pytest.warns(UserWarning, match=r"dropped 1 of"):
         index = datasets.build_index(mura_root, verify_images=True, drop_missing=True)
     assert len(index) == sum(study[-1] for study in STUDIES) - 1
+
+
+def test_blank_and_tiny_images_are_found_with_verify_images(mura_root: Path) -> None:
+    # The same rule as predict's: under 64 px a side, or 98% of the pixels within 8 grey levels.
+    blank = mura_root / study_folder("valid", "shoulder", 103, 1, 1) / "image3.png"
+    tiny = mura_root / study_folder("train", "hand", 1, 1, 0) / "image1.png"
+    assert cv2.imwrite(str(blank), np.full((300, 200), 40, np.uint8))
+    assert cv2.imwrite(str(tiny), np.full((20, 30), 40, np.uint8))
+    with pytest.raises(DataLayoutError, match=r"1 blank \(e\.g\. .*patient00103/study1_positive/image3\.png\); "
+                                              r"1 under 64 px a side \(e\.g\. .*patient00001/study1_negative/image1\.png"):
+        datasets.build_index(mura_root, verify_images=True)
+    with pytest.warns(UserWarning, match=r"dropped 2 of"):
+        index = datasets.build_index(mura_root, verify_images=True, drop_missing=True)
+    assert not index["path"].isin([str(path.relative_to(mura_root)) for path in (blank, tiny)]).any()
+    assert len(index) == sum(study[-1] for study in STUDIES) - 2
 
 
 @pytest.mark.parametrize("bad_line", [

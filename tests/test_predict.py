@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fracture_lib import config, predict, runs
+from fracture_lib import config, imageio, predict, runs
 from fracture_lib.cli import main
 from fracture_lib.errors import ImageReadError, ModelNotFoundError, ParameterError
 
@@ -422,7 +422,7 @@ def test_tiny_and_blank_images_are_refused_in_one_line(tiny_runs, capsys, tmp_pa
     code, out, err = predict_cli(capsys, tiny, blank, grey_text, elbow_image, "--json")
     assert code == 1 and "Traceback" not in err
     results = {Path(item["input"]).name: item for item in map(json.loads, out.splitlines())}
-    assert f"image is 1 x 1 pixels: a radiograph needs at least {predict.MIN_IMAGE_SIDE} pixels" in results["tiny.png"]["error"]
+    assert f"image is 1 x 1 pixels: a radiograph needs at least {imageio.MIN_IMAGE_SIDE} pixels" in results["tiny.png"]["error"]
     assert "image is blank" in results["blank.png"]["error"] and "image is blank" in results["grey_label.png"]["error"]
     assert results[elbow_image.name]["error"] is None and results[elbow_image.name]["probability"] is not None
     assert len(err.strip().splitlines()) == 3 and all(line.startswith("error: ") for line in err.strip().splitlines())

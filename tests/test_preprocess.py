@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -146,9 +147,8 @@ def _write_tree(root: Path, count: int = 6) -> pd.DataFrame:
 def _counting_loader(monkeypatch) -> list:
     """Patch the per-image loader the cache calls; return the list of paths it decoded."""
     calls: list = []
-    original = preprocess.load_and_preprocess
-    monkeypatch.setattr(preprocess, "load_and_preprocess",
-                        lambda path, settings: calls.append(path) or original(path, settings))
+    original = preprocess.load_image
+    monkeypatch.setattr(preprocess, "load_image", lambda path: calls.append(path) or original(path))
     return calls
 
 
@@ -223,3 +223,19 @@ def test_cache_build_names_a_broken_image(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="patient00001"):
         build_cache(index, tmp_path, PreprocessSettings(img_size=32), cache_dir=tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*/manifest.json"))
+
+
+def test_cache_warns_about_images_predict_would_refuse(tmp_path: Path) -> None:
+    # Training on a blank or tiny film is allowed, but never silent.
+    good = np.tile(np.arange(0, 200, 2, dtype=np.uint8), (80, 1))
+    frame = pd.DataFrame({"path": ["good.png", "blank.png", "tiny.png"]})
+    cv2.imwrite(str(tmp_path / "good.png"), good)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((100, 100), 30, np.uint8))
+    cv2.imwrite(str(tmp_path / "tiny.png"), good[:20, :20])
+    settings = preprocess.PreprocessSettings(img_size=32)
+    with pytest.warns(UserWarning, match=r"2 image\(s\) too small or blank to judge are in the cache, e\.g\. .*blank\.png: "
+                                         r"image is blank .*--verify-images --drop-missing"):
+        preprocess.build_cache(frame, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preprocess.build_cache(frame.iloc[:1], tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)

@@ -184,10 +184,21 @@ def sort_parts(parts: Iterable[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def decodable(paths: Iterable[Path]) -> list[bool]:
-    """Tell, per path, whether the image decodes (OpenCV releases the GIL, so threads help)."""
+def _image_problem(path: Path) -> str | None:
+    """What keeps one image out of an index: unreadable, too small or blank; None when fine."""
+    image = imageio.try_load_image(path)
+    if image is None:
+        return "unreadable"
+    reason = imageio.unscorable_reason(image)
+    if reason is None:
+        return None
+    return "blank" if "blank" in reason else f"under {imageio.MIN_IMAGE_SIDE} px a side"
+
+
+def image_problems(paths: Iterable[Path]) -> list[str | None]:
+    """Per path, why the image cannot be used (see ``_image_problem``); threads, since OpenCV releases the GIL."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return [image is not None for image in pool.map(imageio.try_load_image, paths)]
+        return list(pool.map(_image_problem, paths))
 
 
 def drop_or_raise(index: pd.DataFrame, problems: dict[str, pd.Series], where: object, drop_missing: bool,
@@ -212,7 +223,8 @@ def drop_or_raise(index: pd.DataFrame, problems: dict[str, pd.Series], where: ob
 
 def check_image_files(index: pd.DataFrame, root: Path, where: object, drop_missing: bool, verify_images: bool,
                       fix: str, report: SourceReport | None = None, missing: pd.Series | None = None) -> pd.DataFrame:
-    """Report (or drop) the images of ``index`` that are missing under ``root`` or do not decode.
+    """Report (or drop) the images of ``index`` that are missing under ``root``, and with
+    ``verify_images`` those that do not decode or are too small or blank to judge.
 
     ``missing`` (a mask) replaces the per-file existence check when the caller already knows it.
     """
@@ -220,10 +232,11 @@ def check_image_files(index: pd.DataFrame, root: Path, where: object, drop_missi
         missing = ~index["path"].map(lambda path: (root / path).is_file())
     problems = {"missing on disk": missing}
     if verify_images:
-        unreadable = pd.Series(False, index=index.index)
+        # Decoded once each: unreadable files, and images too small or too blank to judge.
         present = index.loc[~missing, "path"]
-        unreadable.loc[present.index] = ~np.array(decodable(root / path for path in present), dtype=bool)
-        problems["unreadable"] = unreadable
+        found = pd.Series(image_problems(root / path for path in present), index=present.index, dtype=object)
+        for name in ("unreadable", "blank", f"under {imageio.MIN_IMAGE_SIDE} px a side"):
+            problems[name] = (found == name).reindex(index.index, fill_value=False)
     return drop_or_raise(index, problems, where, drop_missing, fix, report)
 
 

@@ -106,11 +106,11 @@ def image_features(model: Any, images: np.ndarray, batch_size: int = 64) -> tupl
 
 def lognormal_upper_threshold(values: np.ndarray, level: float) -> float:
     """The value a log-normal fit of positive ``values`` exceeds with probability ``level``."""
-    from scipy.stats import norm
+    from statistics import NormalDist
 
     logs = np.log(np.maximum(np.asarray(values, dtype=np.float64), np.finfo(np.float64).tiny))
     spread = float(np.std(logs, ddof=1)) if len(logs) > 1 else 0.0
-    return float(np.exp(np.mean(logs) + norm.ppf(1.0 - level) * spread))
+    return float(np.exp(np.mean(logs) + NormalDist().inv_cdf(1.0 - level) * spread))
 
 
 def lower_order_threshold(values: np.ndarray, level: float) -> float:

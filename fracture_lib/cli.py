@@ -56,9 +56,11 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     out_dir = config.resolve_path(args.out_dir)
     kwargs = {"seed": args.seed, "parts": args.parts or synthetic.DEMO_PARTS}
     if args.force:
-        synthetic.generate_demo_dataset(out_dir, patients=args.patients or synthetic.DEFAULT_DEMO_PATIENTS, **kwargs)
+        synthetic.generate_demo_dataset(out_dir, patients=args.patients or synthetic.DEFAULT_DEMO_PATIENTS,
+                                        difficulty=synthetic.DEFAULT_DIFFICULTY if args.difficulty is None
+                                        else args.difficulty, **kwargs)
     else:
-        synthetic.ensure_demo_dataset(out_dir, patients=args.patients, **kwargs)
+        synthetic.ensure_demo_dataset(out_dir, patients=args.patients, difficulty=args.difficulty, **kwargs)
     mura_dir = out_dir / config.MURA_DIRNAME
     rows = []
     for mura_split in ("train", "valid"):
@@ -170,6 +172,7 @@ def _cmd_reports(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "run_name": args.run_name,
         "demo_patients": args.demo_patients,
+        "demo_difficulty": args.demo_difficulty,
     }
     overrides.update({key: value for key, value in named.items() if value is not None})
     values = parameters.load_parameters(args.params, overrides)
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--patients", type=int, default=None, help="number of patients")
     demo.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     demo.add_argument("--parts", default=None, help="comma-separated body parts (default elbow,hand,shoulder)")
+    demo.add_argument("--difficulty", type=float, default=None,
+                      help="0 (obvious fractures, plain films) to 1 (subtle fractures, noisy films); default 0.2")
     demo.add_argument("--force", action="store_true", help="regenerate even when an identical set exists")
 
     # The train, predict, models, reports and bench commands add their own options here.

@@ -94,6 +94,8 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--demo-patients", type=int, default=None)
+    parser.add_argument("--demo-difficulty", type=float, default=None,
+                        help="difficulty of a demo set generated for the run, 0 to 1")
     parser.add_argument("--only", default=None, help="comma-separated notebook stems to run (e.g. 01_data_exploration)")
     parser.add_argument("--reports-dir", default=str(config.REPORTS_DIR))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -38,6 +38,9 @@ MURA_DIRNAME = "MURA-v1.1"
 REAL_DATA_ROOT = DATA_DIR
 # The synthetic demo dataset lives in data/demo/MURA-v1.1.
 DEMO_DATA_ROOT = _path_from_environment("FRACTURE_DEMO_DIR", DATA_DIR / "demo")
+# A few real radiographs (MURA's layout or any folder of PNG/JPEG films) that notebook 01 shows
+# beside the demo films when the folder exists; in this project's workspace, ../shared.
+REAL_SAMPLES_DIR = _path_from_environment("FRACTURE_REAL_SAMPLES_DIR", PROJECT_ROOT.parent / "shared" / "real-xray-samples")
 CACHE_DIR = _path_from_environment("FRACTURE_CACHE_DIR", DATA_DIR / "cache")
 MODELS_DIR = _path_from_environment("FRACTURE_MODELS_DIR", PROJECT_ROOT / "models")
 REPORTS_DIR = _path_from_environment("FRACTURE_REPORTS_DIR", PROJECT_ROOT / "reports")

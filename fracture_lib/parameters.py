@@ -34,6 +34,7 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "split_seed": (int,),
     "demo_patients": (int, type(None)),
+    "demo_difficulty": (*NUMBER, type(None)),
     "arch": (str,),
     "weights": (str, type(None)),
     "img_size": (int,),
@@ -73,7 +74,7 @@ RECIPE_PARAMETERS = ("split_seed", "clahe", "optimizer", "weight_decay", "schedu
 TRAINING_PARAMETERS = ("arch", "weights", "img_size", "epochs", "batch_size", "learning_rate", "seed", "run_name",
                        *RECIPE_PARAMETERS)
 # Parameters the report runner itself uses (no notebook declares them).
-RUNNER_PARAMETERS = ("demo_patients",)
+RUNNER_PARAMETERS = ("demo_patients", "demo_difficulty")
 PRESETS_DIR = config.PROJECT_ROOT / "params"
 
 

@@ -119,6 +119,8 @@ def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) ->
         kwargs: dict[str, Any] = {"seed": parameters["seed"]}
         if parameters["demo_patients"] is not None:
             kwargs["patients"] = parameters["demo_patients"]
+        if parameters["demo_difficulty"] is not None:
+            kwargs["difficulty"] = float(parameters["demo_difficulty"])
         started = time.perf_counter()
         synthetic.ensure_demo_dataset(source.root, **kwargs)
         progress(f"demo set ready in {time.perf_counter() - started:.1f} s")

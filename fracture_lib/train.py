@@ -63,7 +63,7 @@ class TrainConfig:
     translate: float = 0.0
     brightness: float = 0.0
     gamma: float = 0.0
-    patience: int = 5
+    patience: int = 12
     optimizer: str = "adam"  # adam or adamw (see fracture_lib.recipe)
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     schedule: str = "plateau"  # plateau (the LR divided by 10) or cosine (warm-up, then cosine decay)

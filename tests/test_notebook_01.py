@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -13,11 +14,17 @@ from fracture_lib import datasets
 
 @pytest.mark.slow
 def test_notebook_01_explores_the_demo_set(tiny_demo_root: Path, tmp_path: Path) -> None:
+    # Two stand-ins for real films (the project's tests do not read ../shared).
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    for number, path in enumerate(sorted(tiny_demo_root.rglob("image1.png"))[:2]):
+        shutil.copy(path, real_dir / f"film{number}.png")
     output_path = run_notebook("01_data_exploration", tmp_path, {
         "DATA_DIR": str(tiny_demo_root),
         "BODY_PARTS": ["elbow", "hand"],
         "SEED": 0,
         "SPLIT_SEED": 0,
+        "REAL_SAMPLES_DIR": str(real_dir),
     })
     executed = nbformat.read(output_path, as_version=4)
     text = notebook_text(executed)
@@ -37,7 +44,9 @@ def test_notebook_01_explores_the_demo_set(tiny_demo_root: Path, tmp_path: Path)
     assert "shoulder" not in summary_html
     figures = [output for cell in executed.cells for output in cell.get("outputs", [])
                if "image/png" in output.get("data", {})]
-    # Composition, views, sizes, intensities, sample grid, split summary.
-    assert len(figures) == 6
+    # Composition, views, sizes, intensities, sample grid, demo beside real, split summary.
+    assert len(figures) == 7
+    assert "Wasserstein distance of grey levels inside the body" in text
+    assert "and 2 real films" in text
     errors = [output for cell in executed.cells for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracture_lib import config, synthetic
+from fracture_lib import config, phantoms, synthetic
 from fracture_lib.errors import ParameterError
 
 
@@ -88,12 +88,45 @@ def test_boxes_inside_images_and_only_for_positives(small_root: Path) -> None:
         assert "_positive/" in row.path
         height, width = cv2.imread(str(small_root / row.path), cv2.IMREAD_GRAYSCALE).shape
         assert 0 <= row.x_min < row.x_max <= width and 0 <= row.y_min < row.y_max <= height
-    # Every positive study shows its fracture on at least one view.
+    # Every positive study shows its abnormality on at least one view: a boxed fracture or hardware.
+    findings = synthetic.load_findings(small_root)
+    shown = findings[findings["finding"] != phantoms.NO_FINDING]
     positive_studies = set()
     for mura_split in ("train", "valid"):
         _, studies = _read_split(small_root, mura_split)
         positive_studies |= set(studies.loc[studies["label"] == 1, "study"].str.rstrip("/"))
-    assert set(boxes["path"].str.rsplit("/", n=1).str[0]) == positive_studies
+    assert set(shown["path"].str.rsplit("/", n=1).str[0]) == positive_studies
+    assert set(boxes["path"]) <= set(shown["path"])
+
+
+def test_findings_file_matches_the_images(small_root: Path) -> None:
+    findings = synthetic.load_findings(small_root)
+    listed = pd.concat([_read_split(small_root, mura_split)[0] for mura_split in ("train", "valid")])
+    assert sorted(findings["path"]) == sorted(listed["path"])
+    known = {phantoms.NO_FINDING, phantoms.HARDWARE, *phantoms.FRACTURE_KINDS,
+             *(f"{kind}+plate" for kind in phantoms.FRACTURE_KINDS)}
+    assert set(findings["finding"]) <= known
+    # Normal studies show nothing; fractures (and only they) have a box.
+    normal = findings["path"].str.contains("_negative/")
+    assert (findings.loc[normal, "finding"] == phantoms.NO_FINDING).all()
+    boxed = set(synthetic.load_fracture_boxes(small_root)["path"])
+    fractured = findings["finding"].str.split("+").str[0].isin(phantoms.FRACTURE_KINDS)
+    assert set(findings.loc[fractured, "path"]) == boxed
+
+
+def _contrast_in_box(part: str, difficulty: float, seed: int) -> float:
+    """Mean absolute grey-level change a fracture makes inside its box, the rest of the film alike."""
+    fractured, box, _ = phantoms.render_view(np.random.default_rng(seed), part, 0, "fracture", difficulty)
+    plain, _, _ = phantoms.render_view(np.random.default_rng(seed), part, 0, phantoms.NO_FINDING, difficulty)
+    x0, y0, x1, y1 = (int(round(value)) for value in box)
+    return float(np.abs(fractured[y0:y1, x0:x1].astype(float) - plain[y0:y1, x0:x1]).mean())
+
+
+def test_difficulty_makes_fractures_subtler() -> None:
+    for part in synthetic.DEMO_PARTS:
+        easy = np.mean([_contrast_in_box(part, 0.1, seed) for seed in range(8)])
+        hard = np.mean([_contrast_in_box(part, 0.9, seed) for seed in range(8)])
+        assert easy > 1.5 * hard, (part, easy, hard)
 
 
 def test_is_synthetic(small_root: Path, tmp_path: Path) -> None:
@@ -143,4 +176,6 @@ def test_bad_arguments_raise_parameter_error(tmp_path: Path) -> None:
         synthetic.generate_demo_dataset(tmp_path / "bad", patients=5, parts=("wrist",))
     with pytest.raises(ParameterError):
         synthetic.generate_demo_dataset(tmp_path / "bad", patients=0)
+    with pytest.raises(ParameterError, match="difficulty"):
+        synthetic.generate_demo_dataset(tmp_path / "bad", patients=5, difficulty=1.5)
     assert not (tmp_path / "bad").exists()

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fracture_lib.config import ALL_BODY_PARTS
+from fracture_lib.realism import FilmComparison
 
 # One colour per label, one per split, used by every figure of the notebook.
 LABEL_COLOURS = {0: "#4C72B0", 1: "#DD5555"}
@@ -164,4 +165,39 @@ def plot_split_summary(summary: pd.DataFrame) -> Figure:
         axis.set_xlabel("body part")
         axis.legend(title="split", ncol=len(splits), loc="upper left")
     figure.suptitle("Patient-level split: train / val (from MURA train) and test (MURA valid)")
+    return figure
+
+
+def plot_demo_beside_real(comparison: FilmComparison, films_per_row: int = 3) -> Figure:
+    """Demo films (top row) beside real ones (bottom row), and their grey-level histograms in the body."""
+    rows = [("demo (synthetic)", comparison.demo_films)]
+    if comparison.real_films:
+        rows.append(("real", comparison.real_films))
+    figure = Figure(figsize=(2.4 * films_per_row + 5.0, 2.6 * len(rows) + 0.4), layout="constrained")
+    grid = figure.add_gridspec(len(rows), films_per_row + 2)
+    for row, (name, films) in enumerate(rows):
+        for slot in range(films_per_row):
+            axis = figure.add_subplot(grid[row, slot])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if slot < len(films):
+                axis.imshow(films[slot], cmap="gray", vmin=0, vmax=255)
+                axis.set_xlabel(f"{films[slot].shape[1]}x{films[slot].shape[0]} px", fontsize=7)
+        figure.axes[row * films_per_row].set_ylabel(name, fontsize=11)
+    histogram_axis = figure.add_subplot(grid[:, films_per_row:])
+    levels = np.arange(256)
+    histogram_axis.plot(levels, comparison.demo_histogram * 100, color="#4C72B0",
+                        label=f"demo ({comparison.demo_count} films)")
+    if comparison.real_histogram is not None:
+        histogram_axis.plot(levels, comparison.real_histogram * 100, color="#C44E52",
+                            label=f"real ({comparison.real_count} films)")
+        histogram_axis.set_title(f"Grey levels inside the body\nWasserstein distance {comparison.distance:.1f} grey levels",
+                                 fontsize=10)
+    else:
+        histogram_axis.set_title("Grey levels inside the body (no real films found)", fontsize=10)
+    histogram_axis.set_xlabel("grey level (0-255)")
+    histogram_axis.set_ylabel("share of body pixels (%)")
+    histogram_axis.set_xlim(0, 255)
+    histogram_axis.legend(fontsize=8)
+    figure.suptitle("Demo films beside real radiographs")
     return figure

@@ -13,6 +13,7 @@ Writes ``experiments/results/demo-realism.json`` and ``docs/figures/demo-beside-
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import subprocess
@@ -34,6 +35,7 @@ FIRST_GENERATOR_COMMIT = "a2a8084"
 PARTS = ("elbow", "hand", "shoulder")
 
 
+@functools.cache
 def _first_generator():
     """The demo generator as it was before the phantoms, imported from git."""
     source = subprocess.run(["git", "show", f"{FIRST_GENERATOR_COMMIT}:fracture_lib/synthetic.py"], cwd=ROOT,
@@ -42,6 +44,7 @@ def _first_generator():
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("first_synthetic", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["first_synthetic"] = module  # so that its worker processes can find its functions
     spec.loader.exec_module(module)
     return module
 
@@ -106,6 +109,8 @@ def main() -> None:
         figure = exploration.plot_demo_beside_real(comparison)
         figure.suptitle(f"Demo hand films ({'anatomical phantoms' if generator == 'phantoms' else 'first generator'}, "
                         f"top) beside FracAtlas hand films (bottom)")
+        figure.text(0.01, 0.005, "Real films: FracAtlas (Abedeen et al., Scientific Data 10, 521, 2023; CC BY 4.0), "
+                    "films flagged hand only.", fontsize=7)
         figure.savefig(ROOT / "docs" / "figures" / name, dpi=100)
 
     out = ROOT / "experiments" / "results" / "demo-realism.json"

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fracture_lib import config, phantoms, realism, synthetic  # noqa: E402
+from fracture_lib import config, datasets, phantoms, realism, synthetic  # noqa: E402
 from fracture_lib.plots import exploration  # noqa: E402
 
 FIRST_GENERATOR_COMMIT = "a2a8084"
@@ -65,12 +64,10 @@ def _render(part: str, count: int, generator: str) -> list[np.ndarray]:
 
 
 def _fracatlas_hand(folder: Path, limit: int) -> list[Path]:
-    """Hand-only FracAtlas films, fractured and not, the first ``limit`` in file order."""
-    table = pd.read_csv(folder / "dataset.csv")
-    hands = table[(table["hand"] == 1) & (table["mixed"] == 0)].sort_values("image_id")
-    paths = [folder / "images" / ("Fractured" if row.fractured else "Non_fractured") / row.image_id
-             for row in hands.itertuples()]
-    return [path for path in paths if path.is_file()][:limit]
+    """Films the project's FracAtlas index calls hand (one part only), the first ``limit`` by name."""
+    source = datasets.resolve_source(folder)
+    paths = datasets.index_source(source, parts=["hand"]).index["path"]
+    return [source.root / path for path in sorted(paths, key=lambda path: Path(path).name)[:limit]]
 
 
 def main() -> None:

@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     demo.add_argument("--parts", default=None, help="comma-separated body parts (default elbow,hand,shoulder)")
     demo.add_argument("--difficulty", type=float, default=None,
-                      help="0 (obvious fractures, plain films) to 1 (subtle fractures, noisy films); default 0.2")
+                      help="0 (obvious fractures, plain films) to 1 (subtle fractures, noisy films); "
+                           "default: the generator's (docs/demo-phantoms.md)")
     demo.add_argument("--force", action="store_true", help="regenerate even when an identical set exists")
 
     # The train, predict, models, reports and bench commands add their own options here.

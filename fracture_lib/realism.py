@@ -18,16 +18,15 @@ import numpy as np
 
 from fracture_lib import imageio
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HISTOGRAM_SIDE = 512  # films are resized to this long side first, so each counts about the same
 
 
 def find_films(folder: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """PNG and JPEG films anywhere under ``folder``, sorted; none when it does not exist."""
+    """Image files the project's decoder reads anywhere under ``folder``, sorted; none when it does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    films = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    films = sorted(path for path in folder.rglob("*") if path.suffix.lower() in imageio.IMAGE_SUFFIXES and path.is_file())
     return films[:limit] if limit is not None else films
 
 

@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_options.add_train(add("train", _cmd_train, "Train a fracture model for one body part, or the body-part classifier."))
     cli_options.add_predict(add("predict", _cmd_predict, "Score radiographs or study folders: body part, fracture probability, decision."))
-    cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95% intervals, internal or external."))
+    cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95%% intervals, internal or external."))
     cli_options.add_models(add("models", _cmd_models, "List trained runs with their headline metrics."))
     cli_options.add_reports(add("reports", _cmd_reports, "Run every notebook headlessly and write the HTML reports."))
     cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline and training throughput."))

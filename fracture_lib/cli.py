@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # argparse %-formats help strings (not descriptions), so a percent sign is doubled there.
+        sub = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_options.add_train(add("train", _cmd_train, "Train a fracture model for one body part, or the body-part classifier."))
     cli_options.add_predict(add("predict", _cmd_predict, "Score radiographs or study folders: body part, fracture probability, decision."))
-    cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95%% intervals, internal or external."))
+    cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95% intervals, internal or external."))
     cli_options.add_models(add("models", _cmd_models, "List trained runs with their headline metrics."))
     cli_options.add_reports(add("reports", _cmd_reports, "Run every notebook headlessly and write the HTML reports."))
     cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline and training throughput."))

@@ -25,3 +25,10 @@ def test_help_of_every_command(argv: list[str], capsys) -> None:
     assert text.startswith("usage: python -m fracture_lib")
     if argv == ["--help"]:
         assert "evaluate" in text and "95% intervals" in " ".join(text.split())
+
+
+def test_a_percent_sign_reads_once_in_the_command_description(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95% intervals" in text and "%%" not in text

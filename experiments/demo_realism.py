@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fracture_lib import config, datasets, phantoms, realism, synthetic  # noqa: E402
+from fracture_lib import config, datasets, findings, phantoms, realism, synthetic  # noqa: E402
 from fracture_lib.plots import exploration  # noqa: E402
 
 FIRST_GENERATOR_COMMIT = "a2a8084"
@@ -58,7 +58,7 @@ def _render(part: str, count: int, generator: str) -> list[np.ndarray]:
         if first is not None:
             films.append(first._render_view(rng, part, number % 3, abnormal)[0])
         else:
-            finding = "fracture" if abnormal else phantoms.NO_FINDING
+            finding = "fracture" if abnormal else findings.NO_FINDING
             films.append(phantoms.render_view(rng, part, number % 3, finding)[0])
     return films
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-HAND_ZOOM = 1.35  # the hand's size on the film relative to the unit sizes written in ``hand``
+HAND_ZOOM = 1.7  # the hand's size on the film relative to the unit sizes written in ``hand``
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Bone:
     radius: float  # shaft radius
     flare: float = 0.45  # how much wider the metaphyses are than the shaft
     cortex: float = 0.32  # cortical thickness in the shaft, as a share of the radius
-    fracturable: bool = True
+    fracture_weight: float = 1.0  # relative chance that this bone is the broken one (0: never)
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Anatomy:
     bones: list[Bone]
     blobs: list[Blob]
     tissue_capsules: list[tuple[np.ndarray, np.ndarray, float]]
-    tissue_ellipses: list[tuple[np.ndarray, tuple[float, float], float]]
+    # Each ellipse: centre, half axes, angle in degrees and its depth along the beam.
+    tissue_ellipses: list[tuple[np.ndarray, tuple[float, float], float, float]]
     ribs: int = 0  # shoulder films: rib arcs and a lung field on the medial side
 
 
@@ -79,23 +80,26 @@ def elbow(rng: np.random.Generator, view: int) -> Anatomy:
              Blob(joint + 0.035 * normal + 0.03 * direction, (0.03, 0.022), math.degrees(forearm_angle), density=0.8)]
     tissue = [(humerus.start, joint, 0.14 + rng.normal(0, 0.01)),
               (joint, joint + 0.62 * direction, 0.11 + rng.normal(0, 0.01))]
-    return Anatomy([humerus, radius, ulna], blobs, tissue, [(joint, (0.13, 0.12), 0.0)])
+    return Anatomy([humerus, radius, ulna], blobs, tissue, [(joint, (0.13, 0.12), 0.0, 0.24)])
 
 
 def hand(rng: np.random.Generator, view: int) -> Anatomy:
     """Distal forearm, carpal bones, five metacarpals fanning out and the phalanges."""
     # The hand fills most of the film's width, as on a real PA film; sizes below are for zoom 1.
     zoom = HAND_ZOOM
-    wrist = np.array([0.5 + rng.normal(0, 0.03), 0.86 + rng.normal(0, 0.02)])
+    wrist = np.array([0.5 + rng.normal(0, 0.03), 0.92 + rng.normal(0, 0.02)])
     spread = rng.uniform(0.7, 1.15) * (0.55 if view % 3 == 2 else 1.0)  # an oblique view narrows the fan
     tilt = math.radians(rng.normal(0, 5))
     offset = lambda x, y: wrist + rotate(np.array([x, y]) * zoom, tilt)  # noqa: E731 - a local placement rule
-    bones = [Bone(offset(-0.05, 0.32), offset(-0.045, 0.07), 0.03 * zoom, flare=0.7),  # radius
-             Bone(offset(0.06, 0.32), offset(0.055, 0.08), 0.022 * zoom, flare=0.4)]  # ulna
+    # Which bone breaks follows the common injuries seen on a hand film: the distal radius, the
+    # metacarpals (the fifth most often, a boxer's fracture), less often a proximal phalanx.
+    bones = [Bone(offset(-0.05, 0.32), offset(-0.045, 0.07), 0.03 * zoom, flare=0.7, fracture_weight=2.0),  # radius
+             Bone(offset(0.06, 0.32), offset(0.055, 0.08), 0.022 * zoom, flare=0.4, fracture_weight=0.6)]  # ulna
     blobs = [Blob(offset((column - 1.5) * 0.036, -0.01 - row * 0.034), (0.019 * zoom, 0.016 * zoom), rng.uniform(0, 180),
                   density=0.85) for row in range(2) for column in range(4)]
     tissue_capsules = [(offset(0.0, 0.4), offset(0.0, 0.02), 0.11 * zoom)]
-    tissue_ellipses = [(offset(0.0, -0.11), (0.12 * zoom, 0.1 * zoom), math.degrees(tilt))]
+    # The palm is flat: about three metacarpals thick.
+    tissue_ellipses = [(offset(0.0, -0.11), (0.12 * zoom, 0.1 * zoom), math.degrees(tilt), 0.12 * zoom)]
     for finger in range(5):
         angle = -math.pi / 2 + tilt + math.radians((finger - 2) * 8 * spread + rng.normal(0, 2))
         if finger == 0:
@@ -109,7 +113,8 @@ def hand(rng: np.random.Generator, view: int) -> Anatomy:
             angle += math.radians(rng.normal(0, 3) + segment * rng.uniform(0, 4))
             direction = np.array([math.cos(angle), math.sin(angle)])
             end = position + length * zoom * direction
-            bones.append(Bone(position, end, width * zoom, flare=0.55, cortex=0.3, fracturable=segment <= 1))
+            weight = (1.6 if finger == 4 else 0.8) if segment == 0 else (0.3 if segment == 1 else 0.0)
+            bones.append(Bone(position, end, width * zoom, flare=0.55, cortex=0.3, fracture_weight=weight))
             position = end + 0.011 * zoom * direction
         tissue_capsules.append((finger_start, position, (0.026 if finger else 0.03) * zoom))
     return Anatomy(bones, blobs, tissue_capsules, tissue_ellipses)
@@ -124,12 +129,12 @@ def shoulder(rng: np.random.Generator, view: int) -> Anatomy:
     bones = [Bone(head + 0.07 * direction, head + 0.75 * direction, 0.05, flare=0.8),  # humeral neck and shaft
              Bone(np.array([-0.05, clavicle_y + 0.08]), np.array([0.62, clavicle_y]), 0.028, flare=0.4),  # clavicle
              Bone(np.array([0.62, clavicle_y + 0.01]), np.array([0.8, clavicle_y + 0.06]), 0.03, flare=0.3,
-                  fracturable=False)]  # acromion
+                  fracture_weight=0.0)]  # acromion
     blobs = [Blob(head, (0.1, 0.11), rng.uniform(-10, 10), cortex=0.1, density=0.95),  # humeral head
              Blob(head + np.array([-0.13, 0.02]), (0.03, 0.085), 10.0, density=0.8),  # glenoid
              Blob(head + np.array([-0.22, 0.12]), (0.06, 0.2), 15.0, cortex=0.08, density=0.5)]  # scapular body
     tissue = [(head + 0.05 * direction, head + 0.8 * direction, 0.15), (head, np.array([-0.2, head[1]]), 0.26)]
-    return Anatomy(bones, blobs, tissue, [(head, (0.2, 0.22), 0.0)], ribs=int(rng.integers(3, 6)))
+    return Anatomy(bones, blobs, tissue, [(head, (0.2, 0.22), 0.0, 0.4)], ribs=int(rng.integers(3, 6)))
 
 
 ANATOMY = {"elbow": elbow, "hand": hand, "shoulder": shoulder}

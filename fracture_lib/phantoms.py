@@ -7,89 +7,28 @@ does: a tube's cortex is brightest at its edges, its medulla darker and textured
 bone, overlapping bones add up. Then the film is exposed: scatter, the heel effect, blur, the
 unsharp masking of digital radiography, quantum noise, collimation and the L/R marker.
 
-Findings are drawn in the same coordinates: fractures (hairline, incomplete, buckle, displaced,
-angulated, impacted), with or without a fixation plate, and hardware alone. ``difficulty``
-(0 to 1) makes fractures subtler: more hairline and buckle fractures, narrower and fainter lines,
-smaller displacements, less soft-tissue swelling and more noise. Output depends only on the
-random generator passed in.
+The findings (``fracture_lib.findings``: fractures, look-alike lines, hardware) are projected in
+the same coordinates, with soft-tissue swelling around most fractures. ``difficulty`` (0 to 1)
+makes fractures subtler and the film noisier and blurrier. Output depends only on the random
+generator passed in.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from fracture_lib.anatomy import ANATOMY, Anatomy, Bone, rotate
+from fracture_lib import findings
+from fracture_lib.anatomy import ANATOMY, Bone
+from fracture_lib.findings import Fracture
 
-DEFAULT_DIFFICULTY = 0.2
-FRACTURE_KINDS: tuple[str, ...] = ("hairline", "incomplete", "buckle", "displaced", "angulated", "impacted")
-SUBTLE_KINDS: tuple[str, ...] = ("hairline", "incomplete", "buckle")
-# A finding is one of the fracture kinds, "hardware" alone, "<kind>+plate" (a fixed fracture) or "none".
-NO_FINDING = "none"
-HARDWARE = "hardware"
 # Attenuation per unit of path (normalised image units) of each material, as brightness rates.
 TISSUE_ATTENUATION = 1.6
 CORTEX_ATTENUATION = 9.0
 MEDULLA_ATTENUATION = 3.2
 METAL_ATTENUATION = 60.0
-
-
-@dataclass
-class Fracture:
-    """A fracture of one bone, in that bone's own coordinates (pixels along and across it)."""
-
-    kind: str
-    site: float  # where along the bone, 0..1
-    obliquity: float  # radians from straight across
-    gap: float  # width of the lucent line, pixels
-    depth: float  # share of the attenuation the line removes
-    extent: float  # share of the width the line crosses (1: complete)
-    side: int  # the cortex an incomplete line or a buckle starts from (+1 or -1)
-    shift: float = 0.0  # displacement of the distal fragment across the bone, pixels
-    tilt: float = 0.0  # angulation of the distal fragment, radians
-    overlap: float = 0.0  # impaction: the fragments pushed into each other, pixels
-    zigzag: float = 1.0  # amplitude of the jagged line, pixels
-    phase: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Findings
-# ---------------------------------------------------------------------------------------------
-
-def draw_fracture(rng: np.random.Generator, radius_pixels: float, difficulty: float) -> Fracture:
-    """A random fracture of a bone of shaft radius ``radius_pixels``; harder = subtler."""
-    subtle_share = 0.1 + 0.7 * difficulty
-    if rng.random() < subtle_share:
-        kind = str(rng.choice(SUBTLE_KINDS))
-    else:
-        kind = str(rng.choice(("displaced", "angulated", "impacted")))
-    ease = 0.25 + 2.75 * (1.0 - difficulty) ** 2  # 3 at difficulty 0, about 0.94 at 0.5, 0.25 at 1
-    fracture = Fracture(
-        kind=kind,
-        site=float(rng.uniform(0.3, 0.7) if kind != "buckle" else rng.choice([0.15, 0.85]) + rng.normal(0, 0.03)),
-        obliquity=math.radians(rng.uniform(-40, 40)),
-        gap=max(1.0, radius_pixels * rng.uniform(0.15, 0.35) * (0.5 + ease)),
-        depth=float(np.clip(rng.uniform(0.45, 0.8) * (0.55 + 0.6 * ease), 0.15, 0.95)),
-        extent=1.0,
-        side=int(rng.choice([-1, 1])),
-        zigzag=radius_pixels * rng.uniform(0.05, 0.2),
-        phase=float(rng.uniform(0, 2 * math.pi)),
-    )
-    if kind == "hairline":
-        fracture.gap = max(1.0, fracture.gap * 0.45)
-    elif kind == "incomplete":
-        fracture.extent = float(rng.uniform(0.3, 0.65))
-    elif kind == "displaced":
-        fracture.shift = radius_pixels * rng.uniform(0.3, 1.1) * (0.4 + ease) * rng.choice([-1, 1])
-    elif kind == "angulated":
-        fracture.tilt = math.radians(rng.uniform(6, 25) * (0.4 + ease)) * rng.choice([-1, 1])
-    elif kind == "impacted":
-        fracture.overlap = radius_pixels * rng.uniform(0.3, 0.7) * (0.4 + ease)
-        fracture.depth *= 0.5
-    return fracture
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,45 +131,6 @@ def _bone_attenuation(xx, yy, start, end, radius, bone: Bone, texture, fracture:
     return proximal + distal
 
 
-def _look_alikes(rng: np.random.Generator, anatomy: Anatomy, scale: float, child: bool,
-                 difficulty: float) -> dict[int, list[Fracture]]:
-    """Lucent lines that are not fractures, per bone: a child's growth plates, nutrient canals."""
-    lines: dict[int, list[Fracture]] = {}
-    # About 0.3 nutrient canals per film at difficulty 0, 0.9 at difficulty 1.
-    for number, bone in enumerate(anatomy.bones):
-        radius = bone.radius * scale
-        if child:
-            # Growth plates: smooth, wavy bands straight across both metaphyses.
-            for site in (0.07, 0.93):
-                lines.setdefault(number, []).append(Fracture(
-                    "physis", site + rng.normal(0, 0.01), math.radians(rng.normal(0, 5)), max(1.5, radius * 0.25),
-                    rng.uniform(0.3, 0.55), 1.0, 1, zigzag=radius * 0.08, phase=float(rng.uniform(0, 6.3))))
-        if rng.random() < (0.3 + 0.6 * difficulty) / len(anatomy.bones):
-            # A nutrient canal: a short, faint oblique line through one cortex of the shaft.
-            lines.setdefault(number, []).append(Fracture(
-                "canal", rng.uniform(0.35, 0.65), math.radians(rng.uniform(45, 65)) * rng.choice([-1, 1]),
-                max(1.0, radius * 0.12), rng.uniform(0.25, 0.5), rng.uniform(0.15, 0.3), int(rng.choice([-1, 1])),
-                zigzag=0.0))
-    return lines
-
-
-def _fracture_box(start: np.ndarray, end: np.ndarray, radius: float, bone: Bone,
-                  fracture: Fracture) -> tuple[float, float, float, float]:
-    """The pixel box (x_min, y_min, x_max, y_max) around a fracture and the fragments' ends there."""
-    length = max(float(np.hypot(*(end - start))), 1e-3)
-    direction = (end - start) / length
-    normal = np.array([-direction[1], direction[0]])
-    site = start + direction * fracture.site * length
-    half_width = radius * (1.0 + bone.flare * 0.5) + 0.3 * radius
-    reach = half_width + abs(math.tan(fracture.obliquity)) * half_width + fracture.gap
-    corners = [site + sign_a * direction * reach * 0.6 + sign_b * normal * half_width
-               for sign_a in (-1, 1) for sign_b in (-1, 1)]
-    corners += [corner + normal * fracture.shift for corner in corners]
-    stacked = np.array(corners)
-    return (float(stacked[:, 0].min()), float(stacked[:, 1].min()),
-            float(stacked[:, 0].max()), float(stacked[:, 1].max()))
-
-
 def _capsule_chord(xx, yy, start, end, radius) -> np.ndarray:
     """Path length through a round capsule of soft tissue."""
     u, v, length = _along_across(xx, yy, start, end)
@@ -238,13 +138,13 @@ def _capsule_chord(xx, yy, start, end, radius) -> np.ndarray:
     return 2.0 * np.sqrt(np.maximum(radius * radius - v * v - along * along, 0.0))
 
 
-def _ellipse_chord(xx, yy, centre, axes, angle_degrees) -> np.ndarray:
-    """Path length through an ellipsoid seen from above (its depth is its smaller axis)."""
+def _ellipse_chord(xx, yy, centre, axes, angle_degrees, depth: float | None = None) -> np.ndarray:
+    """Path length through an ellipsoid seen from above; its ``depth`` defaults to its smaller axis."""
     angle = math.radians(angle_degrees)
     x, y = xx - np.float32(centre[0]), yy - np.float32(centre[1])
     a = (x * math.cos(angle) + y * math.sin(angle)) / axes[0]
     b = (-x * math.sin(angle) + y * math.cos(angle)) / axes[1]
-    return 2.0 * min(axes) * np.sqrt(np.maximum(1.0 - a * a - b * b, 0.0))
+    return (2.0 * min(axes) if depth is None else depth) * np.sqrt(np.maximum(1.0 - a * a - b * b, 0.0))
 
 
 def _band_noise(rng: np.random.Generator, shape: tuple[int, int], fine: float, coarse: float) -> np.ndarray:
@@ -279,41 +179,6 @@ def _to_pixels(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
     return matrix[:, :2] @ point + matrix[:, 2]
 
 
-def _draw_hardware(metal: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float,
-                   rng: np.random.Generator, site: float) -> None:
-    """A plate with screws along a bone centred at ``site`` (0..1), or crossed wires."""
-    length = max(float(np.hypot(*(end - start))), 1e-3)
-    direction = (end - start) / length
-    normal = np.array([-direction[1], direction[0]])
-    centre = start + direction * length * site
-    if rng.random() < 0.7:
-        # A plate on one cortex, and screws across the bone through it.
-        side = rng.choice([-1, 1])
-        half = min(length * rng.uniform(0.18, 0.3), length * min(site, 1 - site) + radius)
-        plate_width = max(2.0, radius * rng.uniform(0.35, 0.5))
-        plate_centre = centre + side * normal * (radius * 1.05 + plate_width / 2)
-        corners = [plate_centre + sign_a * direction * half + sign_b * normal * plate_width / 2
-                   for sign_a, sign_b in ((-1, -1), (-1, 1), (1, 1), (1, -1))]
-        cv2.fillPoly(metal, [np.round(np.array(corners)).astype(np.int32)], 1.0, cv2.LINE_AA)
-        screws = int(rng.integers(3, 7))
-        for position in np.linspace(-half * 0.85, half * 0.85, screws):
-            head = plate_centre + direction * position + side * normal * plate_width * 0.6
-            tip = head - side * normal * (radius * 2.2 + plate_width)
-            cv2.line(metal, tuple(np.round(head).astype(int)), tuple(np.round(tip).astype(int)), 0.8,
-                     max(1, int(round(radius * 0.28))), cv2.LINE_AA)
-            cv2.circle(metal, tuple(np.round(head).astype(int)), max(1, int(round(radius * 0.3))), 1.0, -1,
-                       cv2.LINE_AA)
-    else:
-        # Kirschner wires: thin pins crossing the bone obliquely.
-        for _ in range(int(rng.integers(1, 4))):
-            angle = math.radians(rng.uniform(15, 40)) * rng.choice([-1, 1])
-            pin = rotate(direction, angle)
-            reach = radius * rng.uniform(3, 6)
-            first = centre - pin * reach + direction * rng.normal(0, radius)
-            cv2.line(metal, tuple(np.round(first).astype(int)), tuple(np.round(first + 2 * pin * reach).astype(int)),
-                     0.9, max(1, int(round(radius * 0.15))), cv2.LINE_AA)
-
-
 def _draw_ribs(layer: np.ndarray, matrix: np.ndarray, count: int, rng: np.random.Generator) -> None:
     """Rib arcs on the medial side of a shoulder film, each a thin shell of bone."""
     scale = float(np.hypot(*matrix[:, 0]))
@@ -328,7 +193,7 @@ def _draw_ribs(layer: np.ndarray, matrix: np.ndarray, count: int, rng: np.random
 
 
 def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
-                difficulty: float = DEFAULT_DIFFICULTY, child: bool = False) -> tuple[np.ndarray, tuple | None, str]:
+                difficulty: float = findings.DEFAULT_DIFFICULTY, child: bool = False) -> tuple[np.ndarray, tuple | None, str]:
     """Draw one radiograph of ``part`` showing ``finding``; a ``child`` has open growth plates.
 
     ``finding`` is "none", "fracture", "hardware" or "fracture+plate". Returns the 8-bit film,
@@ -355,29 +220,32 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
         if grid is not None:
             xx, yy, box = grid
             tissue[box] = np.maximum(tissue[box], _capsule_chord(xx, yy, a, b, radius * scale))
-    for centre, axes, angle in anatomy.tissue_ellipses:
+    for centre, axes, angle, depth in anatomy.tissue_ellipses:
         c = _to_pixels(matrix, centre)
         grid = _grid([c], max(axes) * scale, shape)
         if grid is not None:
             xx, yy, box = grid
+            film_angle = angle + math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
             tissue[box] = np.maximum(tissue[box], _ellipse_chord(xx, yy, c, (axes[0] * scale, axes[1] * scale),
-                                                                 angle + math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))))
+                                                                 film_angle, depth * scale))
 
     # The finding: which bone, which fracture, whether metal is in the film.
-    kind = NO_FINDING
+    kind = findings.NO_FINDING
     fracture, chosen = None, -1
-    if finding.startswith("fracture") or finding == HARDWARE:
-        candidates = [number for number, bone in enumerate(anatomy.bones) if bone.fracturable]
+    if finding.startswith("fracture") or finding == findings.HARDWARE:
+        candidates = [number for number, bone in enumerate(anatomy.bones) if bone.fracture_weight > 0]
         visible = [number for number in candidates
                    if _inside(_to_pixels(matrix, (anatomy.bones[number].start + anatomy.bones[number].end) / 2),
-                              shape, anatomy.bones[number].radius * scale * 2)]
-        chosen = int(finding_rng.choice(visible or candidates))
+                              shape, anatomy.bones[number].radius * scale * 2)] or candidates
+        weights = np.array([anatomy.bones[number].fracture_weight for number in visible])
+        chosen = int(finding_rng.choice(visible, p=weights / weights.sum()))
     if finding.startswith("fracture"):
-        fracture = draw_fracture(finding_rng, anatomy.bones[chosen].radius * scale, difficulty)
+        fracture = findings.draw_fracture(finding_rng, anatomy.bones[chosen].radius * scale, difficulty,
+                                          long_side / findings.REFERENCE_INPUT_SIZE)
         kind = fracture.kind
 
     texture = _band_noise(film_rng, shape, 0.9, 3.5) * film_rng.uniform(0.25, 0.45)
-    look_alikes = _look_alikes(film_rng, anatomy, scale, child, difficulty)
+    look_alikes = findings.look_alikes(film_rng, anatomy, scale, child, difficulty)
     bone_attenuation = np.zeros(shape, np.float32)
     box = None
     for number, bone in enumerate(anatomy.bones):
@@ -387,7 +255,7 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
         pad = radius * (1.0 + bone.flare) * 1.3 + 2
         if this_fracture is not None:
             pad += abs(this_fracture.shift) + abs(this_fracture.tilt) * float(np.hypot(*(b - a)))
-            box = _fracture_box(a, b, radius, bone, this_fracture)
+            box = findings.fracture_box(a, b, radius, bone, this_fracture)
         grid = _grid([a, b], pad, shape)
         if grid is None:
             continue
@@ -432,12 +300,12 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
         tissue += _smooth(swelling, size * 0.5) * size * (1.0 - 0.75 * difficulty)
 
     metal = np.zeros(shape, np.float32)
-    if finding == HARDWARE or finding.endswith("+plate"):
+    if finding == findings.HARDWARE or finding.endswith("+plate"):
         bone = anatomy.bones[chosen]
         site = fracture.site if fracture is not None else float(finding_rng.uniform(0.3, 0.7))
-        _draw_hardware(metal, _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end), bone.radius * scale,
-                       finding_rng, site)
-        kind = HARDWARE if fracture is None else f"{kind}+plate"
+        findings.draw_hardware(metal, _to_pixels(matrix, bone.start), _to_pixels(matrix, bone.end),
+                               bone.radius * scale, finding_rng, site)
+        kind = findings.HARDWARE if fracture is None else f"{kind}+plate"
 
     # Exposure: the brightness of a film rises with the attenuation along each ray, saturating
     # for metal; scatter adds haze, the anode heel effect a gradient across the film.

@@ -28,18 +28,18 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fracture_lib import config, phantoms
+from fracture_lib import config, findings, phantoms
 from fracture_lib.datasets.table import BOX_COLUMNS
 from fracture_lib.files import replace_path
 from fracture_lib.errors import DataLayoutError, ParameterError
 
-DEFAULT_DEMO_PATIENTS = 1100
+DEFAULT_DEMO_PATIENTS = 1600
 DEMO_PARTS: tuple[str, ...] = ("elbow", "hand", "shoulder")
 MARKER_FILENAME = "SYNTHETIC_DEMO.json"
 BOXES_FILENAME = "fracture_boxes.csv"
 FINDINGS_FILENAME = "findings.csv"
 GENERATOR_VERSION = 2
-DEFAULT_DIFFICULTY = phantoms.DEFAULT_DIFFICULTY
+DEFAULT_DIFFICULTY = findings.DEFAULT_DIFFICULTY
 # Share of abnormal studies per part, close to MURA v1.1's training set.
 ABNORMAL_SHARE = {"elbow": 0.40, "hand": 0.35, "shoulder": 0.50}
 VALID_PATIENT_SHARE = 0.09
@@ -93,14 +93,14 @@ def _view_findings(rng: np.random.Generator, study: _Study, difficulty: float) -
     """What each view of a study shows. A fracture is seen on most views of an abnormal study
     (fewer when the set is harder) and always on at least one; hardware on every view."""
     if not study.label:
-        return [phantoms.NO_FINDING] * study.views
+        return [findings.NO_FINDING] * study.views
     finding = str(rng.choice(list(ABNORMAL_FINDINGS), p=list(ABNORMAL_FINDINGS.values())))
-    if finding == phantoms.HARDWARE:
+    if finding == findings.HARDWARE:
         return [finding] * study.views
     shown = [bool(rng.random() < 0.95 - 0.25 * difficulty) for _ in range(study.views)]
     if not any(shown):
         shown[int(rng.integers(0, study.views))] = True
-    hidden = phantoms.HARDWARE if finding.endswith("+plate") else phantoms.NO_FINDING
+    hidden = findings.HARDWARE if finding.endswith("+plate") else findings.NO_FINDING
     return [finding if seen else hidden for seen in shown]
 
 
@@ -113,10 +113,10 @@ def _write_studies(job: tuple[Path, int, float, list[_Study]]) -> list[dict]:
         rng = np.random.default_rng([seed, study.patient_number, part_number, study.study_number])
         folder = _study_folder(study)
         (root / folder).mkdir(parents=True, exist_ok=True)
-        findings = _view_findings(rng, study, difficulty)
+        view_findings = _view_findings(rng, study, difficulty)
         child = bool(rng.random() < CHILD_SHARE)
         for view in range(1, study.views + 1):
-            image, box, drawn = phantoms.render_view(rng, study.part, view, findings[view - 1], difficulty, child)
+            image, box, drawn = phantoms.render_view(rng, study.part, view, view_findings[view - 1], difficulty, child)
             relative = f"{folder}/image{view}.png"
             cv2.imwrite(str(root / relative), image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
             rows.append({"path": relative, "study": folder, "label": study.label, "box": box, "finding": drawn})

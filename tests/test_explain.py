@@ -196,7 +196,7 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     """A small_cnn that has learnt the synthetic fractures points Grad-CAM at them.
 
     Training the whole-image model until it finds the fractures takes minutes, so the test
-    trains the same network on 32 px patches at the model's scale (fractures against
+    trains the same network on 48 px patches at the model's scale (fractures against
     fracture-free bone) of a 100-patient elbow demo set, then copies the weights into the 128 px
     whole-image model (the network is convolutional up to global pooling, so the weights fit any
     input size). Grad-CAM, the box mapping and the pointing game are then those of the notebooks.
@@ -212,8 +212,8 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     cache = preprocess.build_cache(datasets.build_index(data_root, seed=0), data_root, settings,
                                    cache_dir=tmp_path / "cache", progress=False)
     boxes = explain.load_model_boxes(data_root, cache.index["path"].tolist(), settings.img_size)
-    patches, labels = fracture_patches(cache, boxes, patch=32, positives_per_image=4, negatives_per_image=3, seed=0)
-    patch_model = models.build_model("small_cnn", 32, seed=0)
+    patches, labels = fracture_patches(cache, boxes, patch=48, positives_per_image=4, negatives_per_image=3, seed=0)
+    patch_model = models.build_model("small_cnn", 48, seed=0)
     patch_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     patch_model.fit(pipeline.make_dataset(patches, labels, batch_size=32, training=True,
                                           augment=pipeline.AugmentSettings(), seed=0), epochs=15, verbose=0)
@@ -223,10 +223,10 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     positives = cache.index[cache.index["label"] == 1]
     summary, rows = explain.pointing_game_for_paths(model, data_root, positives["path"].tolist(), settings)
     assert summary["n"] == boxes["path"].nunique() > 50 and rows["hit"].sum() == summary["hits"]
-    # Boxes cover about 1% of the 128 px square; the trained model's peak hits several times more
+    # Boxes cover about 1% of the 128 px square; the trained model's peak hits many times more
     # often (the phantoms' look-alike lines, markers and plate edges draw some peaks away).
     assert summary["chance_rate"] < 0.02
-    assert summary["hit_rate"] > 3 * summary["chance_rate"]
+    assert summary["hit_rate"] > 5 * summary["chance_rate"]
     # Also on the patients it was not trained on (val and test splits).
     held_out = rows["path"].isin(positives.loc[positives["split"] != "train", "path"])
     assert held_out.sum() >= 20 and rows.loc[held_out, "hit"].sum() >= 1

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from fracture_lib import config, phantoms, synthetic
+from fracture_lib.findings import FRACTURE_KINDS, HARDWARE, NO_FINDING
 from fracture_lib.errors import ParameterError
 
 
@@ -90,7 +91,7 @@ def test_boxes_inside_images_and_only_for_positives(small_root: Path) -> None:
         assert 0 <= row.x_min < row.x_max <= width and 0 <= row.y_min < row.y_max <= height
     # Every positive study shows its abnormality on at least one view: a boxed fracture or hardware.
     findings = synthetic.load_findings(small_root)
-    shown = findings[findings["finding"] != phantoms.NO_FINDING]
+    shown = findings[findings["finding"] != NO_FINDING]
     positive_studies = set()
     for mura_split in ("train", "valid"):
         _, studies = _read_split(small_root, mura_split)
@@ -103,21 +104,21 @@ def test_findings_file_matches_the_images(small_root: Path) -> None:
     findings = synthetic.load_findings(small_root)
     listed = pd.concat([_read_split(small_root, mura_split)[0] for mura_split in ("train", "valid")])
     assert sorted(findings["path"]) == sorted(listed["path"])
-    known = {phantoms.NO_FINDING, phantoms.HARDWARE, *phantoms.FRACTURE_KINDS,
-             *(f"{kind}+plate" for kind in phantoms.FRACTURE_KINDS)}
+    known = {NO_FINDING, HARDWARE, *FRACTURE_KINDS,
+             *(f"{kind}+plate" for kind in FRACTURE_KINDS)}
     assert set(findings["finding"]) <= known
     # Normal studies show nothing; fractures (and only they) have a box.
     normal = findings["path"].str.contains("_negative/")
-    assert (findings.loc[normal, "finding"] == phantoms.NO_FINDING).all()
+    assert (findings.loc[normal, "finding"] == NO_FINDING).all()
     boxed = set(synthetic.load_fracture_boxes(small_root)["path"])
-    fractured = findings["finding"].str.split("+").str[0].isin(phantoms.FRACTURE_KINDS)
+    fractured = findings["finding"].str.split("+").str[0].isin(FRACTURE_KINDS)
     assert set(findings.loc[fractured, "path"]) == boxed
 
 
 def _contrast_in_box(part: str, difficulty: float, seed: int) -> float:
     """Mean absolute grey-level change a fracture makes inside its box, the rest of the film alike."""
     fractured, box, _ = phantoms.render_view(np.random.default_rng(seed), part, 0, "fracture", difficulty)
-    plain, _, _ = phantoms.render_view(np.random.default_rng(seed), part, 0, phantoms.NO_FINDING, difficulty)
+    plain, _, _ = phantoms.render_view(np.random.default_rng(seed), part, 0, NO_FINDING, difficulty)
     x0, y0, x1, y1 = (int(round(value)) for value in box)
     return float(np.abs(fractured[y0:y1, x0:x1].astype(float) - plain[y0:y1, x0:x1]).mean())
 

@@ -225,12 +225,20 @@ class RunEvaluation:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready document: the run, the data, the threshold and every metric with its interval."""
         run_config = self.run.config
+        result = self.result.to_dict()
+        if self.split != "test":
+            # The result names the scored split "test"; the document names it as scored (for
+            # "val" that replaces the run's validation split by the same films).
+            for key in ("metrics", "counts"):
+                tables = {split: table for split, table in result[key].items() if split != "test"}
+                result[key] = {**tables, self.split: result[key]["test"]}
+            result["headline"] = {**result["headline"], "split": self.split}
         return {
             "body_part": run_config.get("body_part"), "run_name": self.run.run_dir.name, "run_dir": str(self.run.run_dir),
             "validation": self.label, "source": {**self.source.to_dict(), "name": self.source.name},
             "trained_on": run_config.get("data_source") or {"root": run_config.get("data_root")},
             "split": self.split, "threshold_chosen_on": "the run's own validation split",
-            **self.result.to_dict(),
+            **result,
             "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         }
 

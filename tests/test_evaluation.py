@@ -51,6 +51,8 @@ def test_evaluate_command_prints_and_writes(tiny_runs: dict[str, Path], tmp_path
                      "--json", "--out", str(tmp_path / "val.json")]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["split"] == "val" and document["headline"]["auroc"]["value"] is not None
+    # The scored split is named as scored, not "test".
+    assert document["headline"]["split"] == "val" and set(document["metrics"]) == set(document["counts"]) == {"val"}
 
 
 def test_external_validation_keeps_the_runs_threshold(tiny_runs: dict[str, Path], external_manifest: Path,
@@ -66,7 +68,9 @@ def test_external_validation_keeps_the_runs_threshold(tiny_runs: dict[str, Path]
                      "--external", "--split", "all", "--n-bootstrap", "20"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("external validation of") and "manifest external.csv" in printed
-    assert (tiny_runs["elbow"] / "evaluations" / "external-manifest-external-csv-all.json").is_file()
+    written = json.loads((tiny_runs["elbow"] / "evaluations" / "external-manifest-external-csv-all.json").read_text())
+    assert written["headline"]["split"] == "all" and set(written["metrics"]) == {"val", "all"}
+    assert written["counts"]["all"]["image"]["n"] == len(external.index)
 
 
 def test_other_data_without_external_is_refused(tiny_runs: dict[str, Path], external_manifest: Path,

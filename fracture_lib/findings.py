@@ -20,6 +20,10 @@ import numpy as np
 from fracture_lib.anatomy import Anatomy, Bone, rotate
 
 DEFAULT_DIFFICULTY = 0.2
+# Parts drawn easier than the difficulty asked for, by this much: a hand's bones are about four
+# pixels wide at the 128 px input, and at the same difficulty as the elbow and shoulder the
+# default recipe learnt its fractures only to a study AUROC of 0.74 (docs/demo-phantoms.md).
+PART_EASE = {"hand": 0.2}
 FRACTURE_KINDS: tuple[str, ...] = ("hairline", "incomplete", "buckle", "displaced", "angulated", "impacted")
 SUBTLE_KINDS: tuple[str, ...] = ("hairline", "incomplete", "buckle")
 # A finding is one of the fracture kinds, "hardware" alone, "<kind>+plate" (a fixed fracture) or "none".
@@ -46,6 +50,11 @@ class Fracture:
     overlap: float = 0.0  # impaction: the fragments pushed into each other, pixels
     zigzag: float = 1.0  # amplitude of the jagged line, pixels
     phase: float = 0.0
+
+
+def part_difficulty(part: str, difficulty: float) -> float:
+    """The difficulty a part is drawn at: ``difficulty`` less the part's ease, at least 0."""
+    return max(0.0, float(difficulty) - PART_EASE.get(part, 0.0))
 
 
 def draw_fracture(rng: np.random.Generator, radius_pixels: float, difficulty: float,

@@ -24,6 +24,9 @@ from fracture_lib import findings
 from fracture_lib.anatomy import ANATOMY, Bone
 from fracture_lib.findings import Fracture
 
+# Share of views coned down onto one bone (magnified 1.8-2.6 times): the bone breaks there when the
+# study is abnormal, and the body part is harder to tell.
+CONED_VIEW_SHARE = 0.1
 # Attenuation per unit of path (normalised image units) of each material, as brightness rates.
 TISSUE_ATTENUATION = 1.6
 CORTEX_ATTENUATION = 9.0
@@ -166,13 +169,18 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 # The film
 # ---------------------------------------------------------------------------------------------
 
-def _placement(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A random placement (rotation up to 15 degrees, zoom, shift) from 0..1 to pixels."""
-    scale = min(width, height) * rng.uniform(0.8, 1.25)
+def _placement(rng: np.random.Generator, width: int, height: int, zoom: float = 1.0,
+               anchor: np.ndarray | None = None) -> np.ndarray:
+    """A random placement (rotation up to 15 degrees, zoom, shift) from 0..1 to pixels.
+
+    ``anchor`` (normalised coordinates, default the middle) lands near the film's centre.
+    """
+    scale = min(width, height) * rng.uniform(0.8, 1.25) * zoom
     angle = math.radians(rng.uniform(-15, 15))
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
     centre = np.array([width / 2 + rng.normal(0, width * 0.05), height / 2 + rng.normal(0, height * 0.05)])
-    return np.hstack([rotation, (centre - rotation @ np.array([0.5, 0.5]))[:, None]])
+    anchor = np.array([0.5, 0.5]) if anchor is None else anchor
+    return np.hstack([rotation, (centre - rotation @ anchor)[:, None]])
 
 
 def _to_pixels(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -198,15 +206,27 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
 
     ``finding`` is "none", "fracture", "hardware" or "fracture+plate". Returns the 8-bit film,
     the fracture's box in pixels (None when no fracture is visible on the film) and the finding
-    drawn, with the fracture kind spelled out ("buckle", "displaced+plate", ...).
+    drawn, with the fracture kind spelled out ("buckle", "displaced+plate", ...). Some parts are
+    drawn easier than ``difficulty`` (``findings.PART_EASE``).
     """
+    difficulty = findings.part_difficulty(part, difficulty)
     long_side = int(rng.integers(300, 513))
     ratio = rng.uniform(0.55, 0.9)
     width, height = (long_side, int(long_side * ratio)) if rng.random() < 0.2 else (int(long_side * ratio), long_side)
     shape = (height, width)
-    matrix = _placement(rng, width, height)
-    scale = float(np.hypot(*matrix[:, 0]))
     anatomy = ANATOMY[part](rng, view)
+    # A few views are coned down onto one bone, as spot views of an injury site are; drawn from
+    # the film's own stream, so that a view looks the same with and without its finding.
+    coned = None
+    if rng.random() < CONED_VIEW_SHARE:
+        candidates = [number for number, bone in enumerate(anatomy.bones) if bone.fracture_weight > 0]
+        weights = np.array([anatomy.bones[number].fracture_weight for number in candidates])
+        coned = int(rng.choice(candidates, p=weights / weights.sum()))
+        bone = anatomy.bones[coned]
+        matrix = _placement(rng, width, height, rng.uniform(1.8, 2.6), (bone.start + bone.end) / 2)
+    else:
+        matrix = _placement(rng, width, height)
+    scale = float(np.hypot(*matrix[:, 0]))
     # Separate streams for the finding and the film's texture and noise, so that the same view
     # can be drawn with and without a finding.
     finding_rng = np.random.default_rng(rng.integers(0, 2 ** 63))
@@ -238,7 +258,7 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
                    if _inside(_to_pixels(matrix, (anatomy.bones[number].start + anatomy.bones[number].end) / 2),
                               shape, anatomy.bones[number].radius * scale * 2)] or candidates
         weights = np.array([anatomy.bones[number].fracture_weight for number in visible])
-        chosen = int(finding_rng.choice(visible, p=weights / weights.sum()))
+        chosen = int(finding_rng.choice(visible, p=weights / weights.sum())) if coned is None else coned
     if finding.startswith("fracture"):
         fracture = findings.draw_fracture(finding_rng, anatomy.bones[chosen].radius * scale, difficulty,
                                           long_side / findings.REFERENCE_INPUT_SIZE)

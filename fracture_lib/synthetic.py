@@ -38,7 +38,7 @@ DEMO_PARTS: tuple[str, ...] = ("elbow", "hand", "shoulder")
 MARKER_FILENAME = "SYNTHETIC_DEMO.json"
 BOXES_FILENAME = "fracture_boxes.csv"
 FINDINGS_FILENAME = "findings.csv"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_DIFFICULTY = findings.DEFAULT_DIFFICULTY
 # Share of abnormal studies per part, close to MURA v1.1's training set.
 ABNORMAL_SHARE = {"elbow": 0.40, "hand": 0.35, "shoulder": 0.50}
@@ -97,6 +97,7 @@ def _view_findings(rng: np.random.Generator, study: _Study, difficulty: float) -
     finding = str(rng.choice(list(ABNORMAL_FINDINGS), p=list(ABNORMAL_FINDINGS.values())))
     if finding == findings.HARDWARE:
         return [finding] * study.views
+    difficulty = findings.part_difficulty(study.part, difficulty)
     shown = [bool(rng.random() < 0.95 - 0.25 * difficulty) for _ in range(study.views)]
     if not any(shown):
         shown[int(rng.integers(0, study.views))] = True

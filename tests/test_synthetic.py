@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracture_lib import config, phantoms, synthetic
+from fracture_lib import config, findings, phantoms, synthetic
 from fracture_lib.findings import FRACTURE_KINDS, HARDWARE, NO_FINDING
 from fracture_lib.errors import ParameterError
 
@@ -90,8 +90,8 @@ def test_boxes_inside_images_and_only_for_positives(small_root: Path) -> None:
         height, width = cv2.imread(str(small_root / row.path), cv2.IMREAD_GRAYSCALE).shape
         assert 0 <= row.x_min < row.x_max <= width and 0 <= row.y_min < row.y_max <= height
     # Every positive study shows its abnormality on at least one view: a boxed fracture or hardware.
-    findings = synthetic.load_findings(small_root)
-    shown = findings[findings["finding"] != NO_FINDING]
+    table = synthetic.load_findings(small_root)
+    shown = table[table["finding"] != NO_FINDING]
     positive_studies = set()
     for mura_split in ("train", "valid"):
         _, studies = _read_split(small_root, mura_split)
@@ -101,18 +101,18 @@ def test_boxes_inside_images_and_only_for_positives(small_root: Path) -> None:
 
 
 def test_findings_file_matches_the_images(small_root: Path) -> None:
-    findings = synthetic.load_findings(small_root)
+    table = synthetic.load_findings(small_root)
     listed = pd.concat([_read_split(small_root, mura_split)[0] for mura_split in ("train", "valid")])
-    assert sorted(findings["path"]) == sorted(listed["path"])
+    assert sorted(table["path"]) == sorted(listed["path"])
     known = {NO_FINDING, HARDWARE, *FRACTURE_KINDS,
              *(f"{kind}+plate" for kind in FRACTURE_KINDS)}
-    assert set(findings["finding"]) <= known
+    assert set(table["finding"]) <= known
     # Normal studies show nothing; fractures (and only they) have a box.
-    normal = findings["path"].str.contains("_negative/")
-    assert (findings.loc[normal, "finding"] == NO_FINDING).all()
+    normal = table["path"].str.contains("_negative/")
+    assert (table.loc[normal, "finding"] == NO_FINDING).all()
     boxed = set(synthetic.load_fracture_boxes(small_root)["path"])
-    fractured = findings["finding"].str.split("+").str[0].isin(FRACTURE_KINDS)
-    assert set(findings.loc[fractured, "path"]) == boxed
+    fractured = table["finding"].str.split("+").str[0].isin(FRACTURE_KINDS)
+    assert set(table.loc[fractured, "path"]) == boxed
 
 
 def _contrast_in_box(part: str, difficulty: float, seed: int) -> float:
@@ -180,3 +180,16 @@ def test_bad_arguments_raise_parameter_error(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="difficulty"):
         synthetic.generate_demo_dataset(tmp_path / "bad", patients=5, difficulty=1.5)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_hand_is_drawn_easier_than_the_difficulty_asked_for() -> None:
+    # PART_EASE: the hand at difficulty d is drawn at d - 0.2 (at least 0), the other parts at d.
+    def film(part: str, difficulty: float) -> np.ndarray:
+        return phantoms.render_view(np.random.default_rng(5), part, 1, "fracture", difficulty)[0]
+
+    assert findings.PART_EASE["hand"] == pytest.approx(0.2)
+    assert np.array_equal(film("hand", 0.15), film("hand", 0.0))  # both drawn at 0
+    assert not np.array_equal(film("hand", 0.5), film("hand", 0.3))
+    assert not np.array_equal(film("elbow", 0.15), film("elbow", 0.0))
+    assert findings.part_difficulty("hand", 0.5) == pytest.approx(0.3)
+    assert findings.part_difficulty("shoulder", 0.1) == 0.1

@@ -92,13 +92,14 @@ def main() -> None:
 
     # Generation time of the default demo set (all three parts), both generators, one after the other.
     with tempfile.TemporaryDirectory() as folder:
-        timings = {}
+        timings, images = {}, {}
         for name, module in (("first", _first_generator()), ("phantoms", synthetic)):
             started = time.perf_counter()
             module.generate_demo_dataset(Path(folder) / name)
             timings[name] = round(time.perf_counter() - started, 1)
+            images[name] = synthetic.demo_parameters(Path(folder) / name)["images"]
         results["default_set_seconds"] = timings
-        results["default_set_images"] = synthetic.demo_parameters(Path(folder) / "phantoms")["images"]
+        results["default_set_images"] = images
 
     # The figures: demo hand films of each generator beside FracAtlas hand films.
     for generator, name in (("phantoms", "demo-beside-real.png"), ("first", "demo-first-generator-beside-real.png")):

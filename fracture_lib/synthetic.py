@@ -119,7 +119,8 @@ def _write_studies(job: tuple[Path, int, float, list[_Study]]) -> list[dict]:
         for view in range(1, study.views + 1):
             image, box, drawn = phantoms.render_view(rng, study.part, view, view_findings[view - 1], difficulty, child)
             relative = f"{folder}/image{view}.png"
-            cv2.imwrite(str(root / relative), image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            # Light compression: level 1 writes in 3 ms what level 3 writes in 5 (the pixels are the same).
+            cv2.imwrite(str(root / relative), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
             rows.append({"path": relative, "study": folder, "label": study.label, "box": box, "finding": drawn})
     return rows
 

@@ -30,6 +30,9 @@ def test_plan_runs_every_stage_in_order() -> None:
     # Fracture models for two parts, but the router still tells all three default parts apart.
     assert jobs["03_train_elbow"].parameters["BODY_PARTS"] == ["elbow", "hand"]
     assert jobs["03_train_body_part"].parameters["BODY_PARTS"] == ["elbow", "hand", "shoulder"]
+    # The classifier gets a few epochs; the fracture models the recipe's.
+    assert jobs["03_train_body_part"].parameters["EPOCHS"] == reports.ROUTER_EPOCHS < parameters["epochs"]
+    assert jobs["03_train_elbow"].parameters["EPOCHS"] == parameters["epochs"]
 
 
 def test_classifier_learns_the_parts_the_data_hold(tmp_path: Path) -> None:

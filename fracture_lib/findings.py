@@ -97,7 +97,7 @@ def draw_fracture(rng: np.random.Generator, radius_pixels: float, difficulty: fl
 
 
 def look_alikes(rng: np.random.Generator, anatomy: Anatomy, scale: float, child: bool,
-                 difficulty: float) -> dict[int, list[Fracture]]:
+                difficulty: float) -> dict[int, list[Fracture]]:
     """Lucent lines that are not fractures, per bone: a child's growth plates, nutrient canals."""
     lines: dict[int, list[Fracture]] = {}
     # About 0.3 nutrient canals per film at difficulty 0, 0.9 at difficulty 1.
@@ -119,7 +119,7 @@ def look_alikes(rng: np.random.Generator, anatomy: Anatomy, scale: float, child:
 
 
 def fracture_box(start: np.ndarray, end: np.ndarray, radius: float, bone: Bone,
-                  fracture: Fracture) -> tuple[float, float, float, float]:
+                 fracture: Fracture) -> tuple[float, float, float, float]:
     """The pixel box (x_min, y_min, x_max, y_max) around a fracture and the fragments' ends there."""
     length = max(float(np.hypot(*(end - start))), 1e-3)
     direction = (end - start) / length
@@ -136,7 +136,7 @@ def fracture_box(start: np.ndarray, end: np.ndarray, radius: float, bone: Bone,
 
 
 def draw_hardware(metal: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float,
-                   rng: np.random.Generator, site: float) -> None:
+                  rng: np.random.Generator, site: float) -> None:
     """A plate with screws along a bone centred at ``site`` (0..1), or crossed wires."""
     length = max(float(np.hypot(*(end - start))), 1e-3)
     direction = (end - start) / length

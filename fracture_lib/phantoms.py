@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from fracture_lib import findings
-from fracture_lib.anatomy import ANATOMY, Bone
+from fracture_lib.anatomy import ANATOMY, Anatomy, Bone
 from fracture_lib.findings import Fracture
 
 # Share of views coned down onto one bone (magnified 1.8-2.6 times): the bone breaks there when the
@@ -183,6 +183,17 @@ def _placement(rng: np.random.Generator, width: int, height: int, zoom: float = 
     return np.hstack([rotation, (centre - rotation @ anchor)[:, None]])
 
 
+def _breakable(anatomy: Anatomy) -> list[int]:
+    """The numbers of the bones that can break (a ``fracture_weight`` above 0)."""
+    return [number for number, bone in enumerate(anatomy.bones) if bone.fracture_weight > 0]
+
+
+def _draw_bone(rng: np.random.Generator, anatomy: Anatomy, numbers: list[int]) -> int:
+    """One of the bones ``numbers``, drawn in proportion to their ``fracture_weight``."""
+    weights = np.array([anatomy.bones[number].fracture_weight for number in numbers])
+    return int(rng.choice(numbers, p=weights / weights.sum()))
+
+
 def _to_pixels(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
     return matrix[:, :2] @ point + matrix[:, 2]
 
@@ -219,9 +230,7 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
     # the film's own stream, so that a view looks the same with and without its finding.
     coned = None
     if rng.random() < CONED_VIEW_SHARE:
-        candidates = [number for number, bone in enumerate(anatomy.bones) if bone.fracture_weight > 0]
-        weights = np.array([anatomy.bones[number].fracture_weight for number in candidates])
-        coned = int(rng.choice(candidates, p=weights / weights.sum()))
+        coned = _draw_bone(rng, anatomy, _breakable(anatomy))
         bone = anatomy.bones[coned]
         matrix = _placement(rng, width, height, rng.uniform(1.8, 2.6), (bone.start + bone.end) / 2)
     else:
@@ -253,12 +262,11 @@ def render_view(rng: np.random.Generator, part: str, view: int, finding: str,
     kind = findings.NO_FINDING
     fracture, chosen = None, -1
     if finding.startswith("fracture") or finding == findings.HARDWARE:
-        candidates = [number for number, bone in enumerate(anatomy.bones) if bone.fracture_weight > 0]
+        candidates = _breakable(anatomy)
         visible = [number for number in candidates
                    if _inside(_to_pixels(matrix, (anatomy.bones[number].start + anatomy.bones[number].end) / 2),
                               shape, anatomy.bones[number].radius * scale * 2)] or candidates
-        weights = np.array([anatomy.bones[number].fracture_weight for number in visible])
-        chosen = int(finding_rng.choice(visible, p=weights / weights.sum())) if coned is None else coned
+        chosen = _draw_bone(finding_rng, anatomy, visible) if coned is None else coned
     if finding.startswith("fracture"):
         fracture = findings.draw_fracture(finding_rng, anatomy.bones[chosen].radius * scale, difficulty,
                                           long_side / findings.REFERENCE_INPUT_SIZE)

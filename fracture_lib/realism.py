@@ -1,9 +1,10 @@
 """How close demo films come to real ones: grey levels inside the body, compared across sets.
 
 A film's body is what lies above the background: the pixels over Otsu's threshold of a blurred
-copy (bright collimation bands and markers count too; they are a small share). The distance between two sets is the Wasserstein (earth mover's) distance between
-their pooled grey-level histograms inside the body, in grey levels (0-255): how far, on average,
-a grey level of one set has to move to match the other.
+copy (bright collimation bands and markers count too; they are a small share). The distance
+between two sets is the Wasserstein (earth mover's) distance between their pooled grey-level
+histograms inside the body, in grey levels (0-255): how far, on average, a grey level of one set
+has to move to match the other.
 """
 
 from __future__ import annotations

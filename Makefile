@@ -20,6 +20,7 @@ IMG_SIZE ?=
 BATCH_SIZE ?=
 RUN_NAME ?=
 ONLY ?=
+WORKERS ?=
 # Every training setting a preset sets is a variable too, passed as --set name=value
 # (LEARNING_RATE=0.001 gives --set learning_rate=0.001).
 RECIPE_VARIABLES := LEARNING_RATE OPTIMIZER WEIGHT_DECAY SCHEDULE WARMUP_EPOCHS PATIENCE EMA_MOMENTUM LOSS \
@@ -30,7 +31,7 @@ REPORT_ARGS := $(if $(PARAMS),--params "$(PARAMS)") $(if $(PARTS),--parts "$(PAR
 	$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(ARCH),--arch $(ARCH)) \
 	$(if $(WEIGHTS),--weights "$(WEIGHTS)") $(if $(IMG_SIZE),--img-size $(IMG_SIZE)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(RUN_NAME),--run-name $(RUN_NAME)) \
-	$(if $(ONLY),--only $(ONLY)) \
+	$(if $(ONLY),--only $(ONLY)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(foreach name,$(RECIPE_VARIABLES),$(if $($(name)),--set "$(call lowercase,$(name))=$($(name))"))
 PYTEST_ARGS ?=
 
@@ -42,7 +43,7 @@ help: ## Show this list of commands
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_.-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Report variables: PARAMS=params/real-cpu.yaml PARTS=\"elbow hand\" EPOCHS=5 DATA_DIR=data ARCH=densenet169 WEIGHTS=imagenet"
-	@echo "  IMG_SIZE=320 BATCH_SIZE=16 RUN_NAME=name ONLY=01_data_exploration, and the training settings"
+	@echo "  IMG_SIZE=320 BATCH_SIZE=16 RUN_NAME=name ONLY=01_data_exploration WORKERS=1, and the training settings"
 	@echo "  $(RECIPE_VARIABLES)"
 
 $(VENV_STAMP): pyproject.toml

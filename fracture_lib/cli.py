@@ -177,7 +177,8 @@ def _cmd_reports(args: argparse.Namespace) -> int:
     overrides.update({key: value for key, value in named.items() if value is not None})
     values = parameters.load_parameters(args.params, overrides)
     only = args.only.split(",") if args.only else None
-    reports.run_reports(values, reports_dir=args.reports_dir, only=only, command=reports.command_line())
+    reports.run_reports(values, reports_dir=args.reports_dir, only=only, command=reports.command_line(),
+                        workers=args.workers)
     return 0
 
 

@@ -98,6 +98,9 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
                         help="difficulty of a demo set generated for the run, 0 to 1")
     parser.add_argument("--only", default=None, help="comma-separated notebook stems to run (e.g. 01_data_exploration)")
     parser.add_argument("--reports-dir", default=str(config.REPORTS_DIR))
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="notebooks run at a time, the trainings side by side (default: 2 on a CPU-only "
+                             "machine with 2+ cores, 1 when a GPU is visible)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any other parameter of the file, e.g. --set learning_rate=0.001")
 

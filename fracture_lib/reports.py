@@ -2,7 +2,8 @@
 
 ``run_reports`` executes 01 -> 02 -> 03 (once per body part, then the body-part classifier) ->
 04 (once per body part) -> 05 with the parameters of ``params.yaml`` (overridable), on the
-project's named Jupyter kernel. Everything is built in a temporary folder inside ``reports/``;
+project's named Jupyter kernel, two notebooks at a time on a CPU-only machine (the trainings side
+by side; ``report_jobs`` executes them). Everything is built in a temporary folder inside ``reports/``;
 only when every notebook has succeeded does the new set replace the previous one, so a failing
 notebook never leaves a half-written set behind. Executed notebooks go to ``reports/executed/``,
 HTML pages (code hidden, figures embedded) to ``reports/``, and ``reports/index.html`` links them
@@ -20,30 +21,19 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fracture_lib import config
 from fracture_lib import parameters as parameter_files
-from fracture_lib.errors import FractureLibError, ParameterError
-from fracture_lib.files import native_stderr_to, remove_path, replace_path, write_text_atomically
+from fracture_lib.errors import ParameterError
+from fracture_lib.files import remove_path, replace_path, write_text_atomically
+from fracture_lib.report_jobs import ReportJob, declared_parameters, default_workers, run_jobs
 
 # Files and folders of a report set; they are replaced together when a new set is complete.
 EXECUTED_DIRNAME = "executed"
 INDEX_FILENAME = "index.html"
 FAILED_BUILD_DIRNAME = ".last-failed-build"
-
-
-@dataclass
-class ReportJob:
-    """One notebook execution: which notebook, under which name, with which parameters."""
-
-    notebook: str
-    output_stem: str
-    title: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-    seconds: float | None = None
 
 
 # The body-part classifier's epoch budget in a report run. Telling elbows, hands and shoulders
@@ -87,13 +77,6 @@ def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = No
     return jobs
 
 
-def _declared_parameters(notebook_path: Path) -> set[str]:
-    """Return the names defined in the notebook's ``parameters`` cell."""
-    import papermill
-
-    return set(papermill.inspect_notebook(str(notebook_path)).keys())
-
-
 def undelivered_parameters(parameters: dict[str, Any], jobs: list[ReportJob]) -> list[str]:
     """The parameters no planned notebook receives (declares in its ``parameters`` cell).
 
@@ -107,7 +90,7 @@ def undelivered_parameters(parameters: dict[str, Any], jobs: list[ReportJob]) ->
         return []
     received: set[str] = set()
     for path in paths:
-        declared = _declared_parameters(path)
+        declared = declared_parameters(path)
         received |= {name.lower() for name in declared}
         if "RECIPE" in declared:
             received |= set(parameter_files.RECIPE_PARAMETERS)
@@ -132,78 +115,6 @@ def _ensure_data(parameters: dict[str, Any], progress: Callable[[str], None]) ->
         synthetic.ensure_demo_dataset(source.root, **kwargs)
         progress(f"demo set ready in {time.perf_counter() - started:.1f} s")
     return source
-
-
-KERNEL_LOG_FILENAME = "kernels-stderr.log"
-
-
-def _execute(job: ReportJob, executed_dir: Path) -> Path:
-    """Execute one notebook with papermill; raise FractureLibError naming the failing cell."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    source = config.NOTEBOOKS_DIR / f"{job.notebook}.ipynb"
-    if not source.is_file():
-        raise FractureLibError(f"notebook {source} is missing: restore it with `git checkout notebooks/`")
-    declared = _declared_parameters(source)
-    parameters = {name: value for name, value in job.parameters.items() if name in declared}
-    output = executed_dir / f"{job.output_stem}.ipynb"
-    try:
-        with native_stderr_to(executed_dir / KERNEL_LOG_FILENAME):
-            papermill.execute_notebook(
-                str(source),
-                str(output),
-                parameters=parameters,
-                kernel_name=config.KERNEL_NAME,
-                cwd=str(config.NOTEBOOKS_DIR),
-                progress_bar=False,
-            )
-    except PapermillExecutionError as error:
-        message = str(error.evalue).strip().splitlines()
-        detail = message[-1] if message else ""
-        # papermill executes an injected parameters cell first; count cells as the reader
-        # of the committed notebook sees them.
-        cell_number = error.exec_count - 1 if parameters and error.exec_count else error.exec_count
-        raise FractureLibError(
-            f"notebook {job.output_stem} failed in code cell {cell_number}: {error.ename}: {detail} "
-            f"(executed notebook: {output})"
-        ) from None
-    return output
-
-
-# TensorFlow's start-up and tracing notices on stderr: they say nothing to a reader of the report
-# (the executed notebook keeps them).
-_LIBRARY_NOISE = (
-    "WARNING: All log messages before absl::InitializeLog()",
-    "oneDNN custom operations are on",
-    "triggered tf.function retracing",
-)
-
-
-def _is_library_noise(output: Any) -> bool:
-    """Whether a stderr output holds only TensorFlow notices (see ``_LIBRARY_NOISE``)."""
-    if output.get("output_type") != "stream" or output.get("name") != "stderr":
-        return False
-    lines = [line for line in output.get("text", "").splitlines() if line.strip()]
-    return bool(lines) and all(any(marker in line for marker in _LIBRARY_NOISE) for line in lines)
-
-
-def export_html(executed_notebook: Path, html_path: Path, title: str) -> None:
-    """Write the executed notebook as HTML with code hidden and figures embedded."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    notebook = nbformat.read(str(executed_notebook), as_version=4)
-    notebook.metadata["title"] = title
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [output for output in cell.outputs if not _is_library_noise(output)]
-    exporter = HTMLExporter(template_name="lab")
-    exporter.exclude_input = True
-    exporter.exclude_input_prompt = True
-    exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(notebook)
-    write_text_atomically(html_path, body)
 
 
 def _git_description() -> str:
@@ -246,7 +157,7 @@ def _headline_metrics(build_dir: Path, parameters: dict[str, Any], earlier_dir: 
 def write_index(build_dir: Path, jobs: list[ReportJob], parameters: dict[str, Any], data_root: Path,
                 synthetic_data: bool, started: dt.datetime, command: str,
                 earlier_dir: Path | None = None, source_name: str = "MURA v1.1",
-                router_parts: list[str] | None = None) -> Path:
+                router_parts: list[str] | None = None, workers: int = 1) -> Path:
     """Write ``index.html``: links to every report, headline metrics, and how the set was made.
 
     For a partial run (``--only``), ``earlier_dir`` is the published set: its pages that this run
@@ -319,6 +230,7 @@ intervals are in each evaluation report.</p>
 <tr><td>finished</td><td>{finished.isoformat(timespec="seconds")}</td></tr>
 <tr><td>command</td><td><code>{html.escape(command)}</code></td></tr>
 {partial_row}
+<tr><td>notebooks at a time</td><td>{workers}{" (trainings side by side; each run time is its own wall-clock time)" if workers > 1 else ""}</td></tr>
 <tr><td>code version</td><td>{html.escape(_git_description())}</td></tr>
 <tr><td>data</td><td>{html.escape(source_name)}: <code>{html.escape(str(data_root))}</code>{" (synthetic demo data)" if synthetic_data else ""}</td></tr>
 <tr><td>Python</td><td>{html.escape(platform.python_version())} on {html.escape(platform.platform())}</td></tr>
@@ -362,16 +274,22 @@ def _model_runs(jobs: list[ReportJob]) -> list[Path]:
 
 def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] | None = None,
                 only: Iterable[str] | None = None, progress: Callable[[str], None] = print,
-                command: str = "") -> Path:
+                command: str = "", workers: int | None = None) -> Path:
     """Execute the planned notebooks, export HTML, write the index, and publish the set.
 
     ``only`` restricts the run to notebooks whose output name starts with one of the given
-    stems (for example ``["01_data_exploration"]``). Returns the path of ``index.html``.
+    stems (for example ``["01_data_exploration"]``). ``workers`` notebooks run at a time (the
+    trainings side by side, see ``report_jobs.dependencies``); None means
+    ``report_jobs.default_workers()``. Returns the path of ``index.html``.
 
     The published reports and the models they describe always match: the run folders the jobs
     will replace are snapshotted first (``runs.RunSnapshot``); when any notebook fails they are
     put back, and what the failed run trained is kept in ``reports/.last-failed-build/models/``.
     """
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParameterError(f"workers must be a whole number >= 1 (notebooks run at a time), got {workers!r}")
     reports_dir = config.resolve_path(reports_dir or config.REPORTS_DIR)
     reports_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
@@ -418,17 +336,12 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
     previous_reports_env = os.environ.get("FRACTURE_REPORTS_DIR")
     os.environ["FRACTURE_REPORTS_DIR"] = str(build_dir)
     snapshot = runs.RunSnapshot.take(_model_runs(jobs))
+    clock = time.perf_counter()
     try:
-        for number, job in enumerate(jobs, start=1):
-            progress(f"[{number}/{len(jobs)}] {job.output_stem} ...")
-            start = time.perf_counter()
-            executed = _execute(job, executed_dir)
-            export_html(executed, build_dir / f"{job.output_stem}.html", job.title)
-            job.seconds = time.perf_counter() - start
-            progress(f"[{number}/{len(jobs)}] {job.output_stem} done in {job.seconds:.1f} s")
+        run_jobs(jobs, config.NOTEBOOKS_DIR, executed_dir, build_dir, workers=workers, progress=progress)
         index = write_index(build_dir, jobs, parameters, data_root, synthetic_data, started, command,
                             earlier_dir=reports_dir if only else None, source_name=source.name,
-                            router_parts=router_parts)
+                            router_parts=router_parts, workers=workers)
     except BaseException:
         failed = reports_dir / FAILED_BUILD_DIRNAME
         shutil.rmtree(failed, ignore_errors=True)
@@ -447,8 +360,8 @@ def run_reports(parameters: dict[str, Any], reports_dir: str | os.PathLike[str] 
     _publish(build_dir, reports_dir, partial=bool(only))
     snapshot.discard()
     shutil.rmtree(reports_dir / FAILED_BUILD_DIRNAME, ignore_errors=True)
-    total = sum(job.seconds or 0.0 for job in jobs)
-    progress(f"wrote {len(jobs)} reports in {total:.0f} s: {reports_dir / index.name}")
+    progress(f"wrote {len(jobs)} reports in {time.perf_counter() - clock:.0f} s "
+             f"({workers} notebook(s) at a time): {reports_dir / index.name}")
     return reports_dir / index.name
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fracture_lib import config, reports
+from fracture_lib import config, report_jobs, reports
 from fracture_lib import parameters as parameter_files
 from fracture_lib.errors import FractureLibError
 
@@ -165,7 +165,7 @@ def test_make_reports_end_to_end(tmp_path: Path, tiny_demo_root: Path) -> None:
     # The kernels' stderr (TensorFlow's notices, where this CPU prints them) goes to a log beside
     # the executed notebooks, not the terminal.
     assert "oneDNN" not in completed.stdout + completed.stderr
-    kernel_log = (reports_dir / "executed" / reports.KERNEL_LOG_FILENAME).read_text()
+    kernel_log = (reports_dir / "executed" / report_jobs.KERNEL_LOG_FILENAME).read_text()
     for line in kernel_log.splitlines()[:20]:
         assert line not in completed.stdout + completed.stderr
 
@@ -183,7 +183,7 @@ def test_html_drops_tensorflow_notices_but_keeps_real_warnings(tmp_path: Path) -
     notebook.cells = [cell]
     executed = tmp_path / "executed.ipynb"
     nbformat.write(notebook, str(executed))
-    reports.export_html(executed, tmp_path / "page.html", "A page")
+    report_jobs.export_html(executed, tmp_path / "page.html", "A page")
     page = (tmp_path / "page.html").read_text()
     assert "absl::InitializeLog" not in page and "port.cc" not in page
     assert "3 images could not be read" in page and "printed on purpose" in page

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
+from fracture_lib import config
 from fracture_lib.errors import FractureLibError
 from fracture_lib.files import native_stderr_to, write_text_atomically
 
@@ -77,7 +78,7 @@ def execute_notebook(job: ReportJob, source: Path, executed_dir: Path) -> Path:
     try:
         with native_stderr_to(executed_dir / KERNEL_LOG_FILENAME):
             papermill.execute_notebook(str(source), str(output), parameters=parameters,
-                                       kernel_name=_kernel_name(), cwd=str(source.parent), progress_bar=False)
+                                       kernel_name=config.KERNEL_NAME, cwd=str(source.parent), progress_bar=False)
     except PapermillExecutionError as error:
         message = str(error.evalue).strip().splitlines()
         detail = message[-1] if message else ""
@@ -91,11 +92,10 @@ def execute_notebook(job: ReportJob, source: Path, executed_dir: Path) -> Path:
     return output
 
 
-def _kernel_name() -> str:
-    """The project's Jupyter kernel (read late: tests and users may point config elsewhere)."""
-    from fracture_lib import config
-
-    return config.KERNEL_NAME
+def _execute_and_export(job: ReportJob, notebooks_dir: Path, executed_dir: Path, html_dir: Path) -> None:
+    """Execute the job's notebook from ``notebooks_dir`` and write its HTML page to ``html_dir``."""
+    executed = execute_notebook(job, notebooks_dir / f"{job.notebook}.ipynb", executed_dir)
+    export_html(executed, html_dir / f"{job.output_stem}.html", job.title)
 
 
 def _is_library_noise(output: Any) -> bool:
@@ -188,8 +188,7 @@ def run_jobs(jobs: list[ReportJob], notebooks_dir: Path, executed_dir: Path, htm
         for job in jobs:
             announce(job, "...")
             started = time.perf_counter()
-            executed = execute_notebook(job, notebooks_dir / f"{job.notebook}.ipynb", executed_dir)
-            export_html(executed, html_dir / f"{job.output_stem}.html", job.title)
+            _execute_and_export(job, notebooks_dir, executed_dir, html_dir)
             job.seconds = time.perf_counter() - started
             announce(job, f"done in {job.seconds:.1f} s")
         return
@@ -213,7 +212,7 @@ def _run_in_processes(jobs: list[ReportJob], notebooks_dir: Path, executed_dir: 
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_child, name=f"report-{job.output_stem}", daemon=False,
-                    args=(job, notebooks_dir / f"{job.notebook}.ipynb", executed_dir, html_dir, sender))
+                    args=(job, notebooks_dir, executed_dir, html_dir, sender))
                 process.start()
                 sender.close()
                 running[receiver] = (job, process, time.perf_counter())
@@ -241,12 +240,11 @@ def _run_in_processes(jobs: list[ReportJob], notebooks_dir: Path, executed_dir: 
         raise
 
 
-def _child(job: ReportJob, source: Path, executed_dir: Path, html_dir: Path, sender: Connection) -> None:
+def _child(job: ReportJob, notebooks_dir: Path, executed_dir: Path, html_dir: Path, sender: Connection) -> None:
     """A worker process: execute one notebook, export it, and send ("done", None) or ("failed", message)."""
     signal.signal(signal.SIGTERM, _stop_family_and_exit)
     try:
-        executed = execute_notebook(job, source, executed_dir)
-        export_html(executed, html_dir / f"{job.output_stem}.html", job.title)
+        _execute_and_export(job, notebooks_dir, executed_dir, html_dir)
     except FractureLibError as error:
         sender.send(("failed", str(error)))
     except BaseException as error:  # noqa: BLE001 - the parent reports it in one line

@@ -25,7 +25,7 @@ WORKERS ?=
 # (LEARNING_RATE=0.001 gives --set learning_rate=0.001).
 RECIPE_VARIABLES := LEARNING_RATE OPTIMIZER WEIGHT_DECAY SCHEDULE WARMUP_EPOCHS PATIENCE EMA_MOMENTUM LOSS \
 	FOCAL_GAMMA DROPOUT_RATE FLIP ROTATION_DEGREES ZOOM TRANSLATE BRIGHTNESS CONTRAST GAMMA POOL_PARTS TTA CLAHE \
-	SEED SPLIT_SEED AGGREGATION THRESHOLD_METHOD N_BOOTSTRAP
+	SEED SPLIT_SEED AGGREGATION THRESHOLD_METHOD N_BOOTSTRAP PRECISION JIT_COMPILE AUGMENT_ON LR_SCALING
 lowercase = $(shell echo '$(1)' | tr '[:upper:]' '[:lower:]')
 REPORT_ARGS := $(if $(PARAMS),--params "$(PARAMS)") $(if $(PARTS),--parts "$(PARTS)") $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") $(if $(ARCH),--arch $(ARCH)) \
@@ -35,7 +35,7 @@ REPORT_ARGS := $(if $(PARAMS),--params "$(PARAMS)") $(if $(PARTS),--parts "$(PAR
 	$(foreach name,$(RECIPE_VARIABLES),$(if $($(name)),--set "$(call lowercase,$(name))=$($(name))"))
 PYTEST_ARGS ?=
 
-.PHONY: help .venv test reports bench lab demo-data clean distclean
+.PHONY: help .venv test reports bench bench-gpu bench-scale lab demo-data clean distclean
 
 help: ## Show this list of commands
 	@echo "Usage: make <command> [VARIABLE=value ...]"
@@ -64,6 +64,14 @@ reports: .venv ## Run all notebooks headlessly and write HTML reports to reports
 bench: .venv ## Measure input-pipeline, training and scoring speed (reports/benchmarks.json)
 	$(VENV_PYTHON) -m fracture_lib bench
 
+bench-gpu: .venv ## Measure GPU training: DenseNet-169, float32 vs mixed precision, XLA (reports/benchmarks-gpu.json)
+	$(VENV_PYTHON) -m fracture_lib bench --gpu $(if $(DATA_DIR),--data "$(DATA_DIR)")
+
+MURA_CSV ?= ../shared/mura-v1.1-csv
+bench-scale: .venv ## Time and peak memory against size up to MURA's 40,005 films (reports/benchmarks-scale.json)
+	@test -d data/mura-scale/MURA-v1.1 || $(VENV_PYTHON) -m fracture_lib demo-data data/mura-scale --layout-from "$(MURA_CSV)"
+	$(VENV_PYTHON) -m fracture_lib bench --scale --data data/mura-scale
+
 lab: .venv ## Open JupyterLab on the notebooks with the project kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
@@ -71,7 +79,7 @@ demo-data: .venv ## Generate the synthetic MURA-layout demo dataset in data/demo
 	$(VENV_PYTHON) -m fracture_lib demo-data
 
 clean: ## Remove generated reports, caches and the demo set (keeps models/ and .venv/)
-	rm -rf reports/*.html reports/executed reports/metrics reports/benchmarks.json data/cache data/demo .pytest_cache
+	rm -rf reports/*.html reports/executed reports/metrics reports/benchmarks*.json data/cache data/demo .pytest_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## Also remove trained models and the virtual environment

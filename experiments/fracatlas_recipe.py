@@ -30,7 +30,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from fracture_lib import config, evaluation, runs, train
-from fracture_lib.preprocess import build_cache
+from fracture_lib.cache import build_cache
 
 HERE = Path(__file__).resolve().parent
 MODELS_DIR = HERE / "models"

@@ -55,7 +55,12 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out_dir = config.resolve_path(args.out_dir)
     kwargs = {"seed": args.seed, "parts": args.parts or synthetic.DEMO_PARTS}
-    if args.force:
+    if args.layout_from:
+        # MURA's own paths and labels (all 40,005 films, or --limit of them), each film a phantom.
+        synthetic.generate_from_label_files(args.layout_from, out_dir, limit=args.limit, long_side=args.long_side or synthetic.MURA_LONG_SIDE,
+                                            seed=args.seed, difficulty=synthetic.DEFAULT_DIFFICULTY
+                                            if args.difficulty is None else args.difficulty)
+    elif args.force:
         synthetic.generate_demo_dataset(out_dir, patients=args.patients or synthetic.DEFAULT_DEMO_PATIENTS,
                                         difficulty=synthetic.DEFAULT_DIFFICULTY if args.difficulty is None
                                         else args.difficulty, **kwargs)
@@ -90,7 +95,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values = parameters.training_values(parameters.load_parameters(args.params, parameters.parse_overrides(args.set)))
     named = {"arch": args.arch, "img_size": args.img_size, "epochs": args.epochs, "batch_size": args.batch_size,
              "learning_rate": args.learning_rate, "seed": args.seed, "patience": args.patience,
-             "run_name": args.run_name, "clahe": True if args.clahe else None}
+             "run_name": args.run_name, "clahe": True if args.clahe else None, "precision": args.precision,
+             "jit_compile": True if args.jit_compile else None, "augment_on": args.augment_on,
+             "lr_scaling": args.lr_scaling}
     values.update({key: value for key, value in named.items() if value is not None})
     # Folders typed on the command line are taken from the shell's working directory.
     if args.weights is not None:
@@ -183,12 +190,45 @@ def _cmd_reports(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    """Run the input-pipeline and training benchmarks and write them as JSON."""
-    from fracture_lib import bench
+    """Run the input-pipeline, training and scoring benchmarks (or, with --gpu, the GPU one) and write JSON."""
+    from fracture_lib.errors import ParameterError
 
     # Paths typed on the command line are taken from the current folder, as a shell user expects.
-    bench.run_benchmarks(out_path=os.path.abspath(args.out), quick=args.quick,
-                         data_dir=os.path.abspath(args.data) if args.data else None, seed=args.seed)
+    out_path = os.path.abspath(args.out) if args.out else None
+    data_dir = os.path.abspath(args.data) if args.data else None
+    gpu_options = {"arch": args.arch, "img_size": args.img_size, "batch_size": args.batch_size, "steps": args.steps,
+                   "images": args.images, "max_seconds": args.max_seconds}
+    scale_options = {"sizes": args.sizes, "cache_sizes": args.cache_sizes, "train_img_size": args.train_img_size}
+    if not args.scale and any(value is not None for value in scale_options.values()):
+        raise ParameterError("--sizes, --cache-sizes and --train-img-size only apply with --scale")
+    if args.scale:
+        if args.gpu or args.quick:
+            raise ParameterError("--scale is a benchmark of its own: run it without --gpu and --quick")
+        from fracture_lib.bench import scale
+
+        train_img_size = args.train_img_size or 128
+        cache_sizes = scale.parse_sizes(args.cache_sizes or "128,320")
+        if None in cache_sizes:
+            raise ParameterError(f"--cache-sizes {args.cache_sizes!r}: give sizes in pixels, e.g. 128,320")
+        scale.run_scale_benchmarks(data_dir, out_path, sizes=scale.parse_sizes(args.sizes or "1000,5000,20000,all"),
+                                   cache_sizes=tuple(dict.fromkeys((*cache_sizes, train_img_size))),
+                                   train_img_size=train_img_size)
+        return 0
+    if not args.gpu:
+        given = [f"--{name.replace('_', '-')}" for name, value in gpu_options.items() if value is not None]
+        given += ["--allow-cpu"] if args.allow_cpu else []
+        if given:
+            raise ParameterError(f"{', '.join(given)} only apply with --gpu")
+        from fracture_lib import bench
+
+        bench.run_benchmarks(out_path=out_path, quick=args.quick, data_dir=data_dir, seed=args.seed)
+        return 0
+    if args.quick:
+        raise ParameterError("--quick is the CPU benchmark's small plan: shrink --gpu with --steps and --images")
+    from fracture_lib.bench import gpu
+
+    plan = gpu.GpuPlan(**{name: value for name, value in gpu_options.items() if value is not None})
+    gpu.run_gpu_benchmarks(out_path=out_path, data_dir=data_dir, plan=plan, allow_cpu=args.allow_cpu, seed=args.seed)
     return 0
 
 
@@ -230,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="0 (obvious fractures, plain films) to 1 (subtle fractures, noisy films); "
                            "default: the generator's (docs/demo-phantoms.md)")
     demo.add_argument("--force", action="store_true", help="regenerate even when an identical set exists")
+    demo.add_argument("--layout-from", default=None, metavar="DIR",
+                      help="lay out MURA's own tree from its four label CSV files in DIR (every path, e.g. "
+                           "40,005 films, for scale benchmarks), each film a phantom at MURA's size")
+    demo.add_argument("--limit", type=int, default=None,
+                      help="with --layout-from: keep whole studies, in file order, up to this many images")
+    demo.add_argument("--long-side", type=int, default=None,
+                      help="with --layout-from: the films' long side in pixels (default MURA's 512)")
 
     # The train, predict, models, reports and bench commands add their own options here.
     from fracture_lib import cli_options  # noqa: PLC0415  (kept apart to keep this file short)
@@ -239,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_options.add_evaluate(add("evaluate", _cmd_evaluate, "Evaluate a fracture run: image- and study-level metrics with 95% intervals, internal or external."))
     cli_options.add_models(add("models", _cmd_models, "List trained runs with their headline metrics."))
     cli_options.add_reports(add("reports", _cmd_reports, "Run every notebook headlessly and write the HTML reports."))
-    cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline and training throughput."))
+    cli_options.add_bench(add("bench", _cmd_bench, "Measure input-pipeline, training and scoring speed (--gpu: GPU training)."))
     return parser
 
 

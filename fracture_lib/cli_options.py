@@ -35,6 +35,13 @@ def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=None, help="epochs without validation improvement before early stopping")
     parser.add_argument("--seed", type=int, default=None, help="seed of the initial weights, shuffling and augmentation (the split has split_seed)")
     parser.add_argument("--run-name", default=None, help="folder name of the run under models/<name>/ (default: as in the parameter file)")
+    parser.add_argument("--precision", default=None,
+                        help="float32, mixed_float16 or mixed_bfloat16 (mixed precision: for a GPU; the output stays float32)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--augment-on", default=None,
+                        help="where augmentation runs: cpu (OpenCV in the tf.data pipeline) or device (in the training step)")
+    parser.add_argument("--lr-scaling", default=None,
+                        help="linear (the learning rate is one replica's, times the replicas) or none")
     parser.add_argument("--models-dir", default=str(config.MODELS_DIR), help="where runs are written (default models/)")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
     parser.add_argument("--restart", action="store_true",
@@ -106,11 +113,35 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bench(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bench``."""
-    parser.add_argument("--out", default=str(config.REPORTS_DIR / "benchmarks.json"),
-                        help="JSON file to write (default reports/benchmarks.json)")
+    """Options of ``bench`` (the CPU benchmark, or the GPU one with ``--gpu``)."""
+    parser.add_argument("--out", default=None,
+                        help="JSON file to write (default reports/benchmarks.json, with --gpu reports/benchmarks-gpu.json)")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes and no densenet121: about a minute, for a smoke test")
+                        help="small sizes and no densenet121: about a minute and a half, for a smoke test")
     parser.add_argument("--data", default=None,
                         help="data root containing MURA-v1.1/ (default: the synthetic demo set, generated if missing)")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="seed of the samples, shuffles and models")
+    scale = parser.add_argument_group("MURA-scale benchmark (--scale)")
+    scale.add_argument("--scale", action="store_true",
+                       help="measure time and peak memory of the index, the cache (128 and 320 px), a training epoch "
+                            "and an evaluation against data-set size, on --data (default data/mura-scale, laid out by "
+                            "`demo-data data/mura-scale --layout-from MURA-v1.1-csv-folder`)")
+    scale.add_argument("--sizes", default=None, help="with --scale: images per size (default 1000,5000,20000,all)")
+    scale.add_argument("--cache-sizes", default=None, help="with --scale: cache sizes in pixels (default 128,320)")
+    scale.add_argument("--train-img-size", type=int, default=None,
+                       help="with --scale: the training epoch's input size (default 128; its cache size is built too)")
+    gpu = parser.add_argument_group("GPU benchmark (--gpu)")
+    gpu.add_argument("--gpu", action="store_true",
+                     help="measure GPU training instead: DenseNet-169 at 320 px in float32 and mixed precision, fed by "
+                          "the pipeline and from memory, with and without XLA, peak GPU memory (a 7-minute budget)")
+    gpu.add_argument("--allow-cpu", action="store_true",
+                     help="with --gpu: run the grid on the CPU when no GPU is visible (tests; slow with DenseNet-169)")
+    gpu.add_argument("--arch", default=None, help="with --gpu: the architecture (default densenet169)")
+    gpu.add_argument("--img-size", type=int, default=None, help="with --gpu: input size in pixels (default 320)")
+    gpu.add_argument("--batch-size", type=int, default=None, help="with --gpu: batch size (default 32)")
+    gpu.add_argument("--steps", type=int, default=None,
+                     help="with --gpu: timed steps per cell, after an untimed epoch of as many (default 50)")
+    gpu.add_argument("--images", type=int, default=None,
+                     help="with --gpu: images cached and fed by the pipeline (default 1024)")
+    gpu.add_argument("--max-seconds", type=float, default=None,
+                     help="with --gpu: time budget; cells that would end after it are skipped, and said so (default 420)")

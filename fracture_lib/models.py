@@ -232,7 +232,8 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     ``num_classes == 1`` gives one sigmoid unit (fracture probability); more gives a softmax
     (body-part classifier). ``weights`` is None, ``"imagenet"`` or a path: a whole-model
     ``.weights.h5`` file, or a backbone's notop ``.h5`` file. ``dropout_rate=None`` takes the
-    architecture's default (``DEFAULT_DROPOUT_RATE``).
+    architecture's default (``DEFAULT_DROPOUT_RATE``). The layers take the global dtype policy
+    (see ``distribute.precision_policy`` for mixed precision) except the output layer, always float32.
     """
     check_architecture(arch, img_size, weights)
     if not _is_integer(num_classes) or num_classes < 1:
@@ -270,12 +271,13 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     pooled = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(pooled)
     head_initializer = keras.initializers.GlorotUniform(seed=seed + 100)
+    # The output layer stays float32 under a mixed-precision policy, so probabilities and the loss are float32.
     if num_classes == 1:
         outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=head_initializer,
-                                     name="fracture_probability")(pooled)
+                                     dtype="float32", name="fracture_probability")(pooled)
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=head_initializer,
-                                     name="body_part_probabilities")(pooled)
+                                     dtype="float32", name="body_part_probabilities")(pooled)
     model = keras.Model(images, outputs, name=arch)
     if whole_model_weights is not None:
         try:

@@ -60,6 +60,10 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "gamma": NUMBER,
     "pool_parts": (list,),
     "tta": (bool,),
+    "precision": (str,),
+    "jit_compile": (bool,),
+    "augment_on": (str,),
+    "lr_scaling": (str,),
     "run_name": (str,),
     "aggregation": (str,),
     "threshold_method": (str,),
@@ -69,7 +73,8 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 # Training settings notebook 03 receives together as its RECIPE dictionary (the others are named).
 RECIPE_PARAMETERS = ("split_seed", "clahe", "optimizer", "weight_decay", "schedule", "warmup_epochs", "patience",
                      "ema_momentum", "loss", "focal_gamma", "dropout_rate", "flip", "rotation_degrees", "zoom",
-                     "translate", "brightness", "contrast", "gamma", "pool_parts", "tta")
+                     "translate", "brightness", "contrast", "gamma", "pool_parts", "tta", "precision", "jit_compile",
+                     "augment_on", "lr_scaling")
 # Parameters that become TrainConfig values of the same name.
 TRAINING_PARAMETERS = ("arch", "weights", "img_size", "epochs", "batch_size", "learning_rate", "seed", "run_name",
                        *RECIPE_PARAMETERS)

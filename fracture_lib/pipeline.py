@@ -1,6 +1,6 @@
 """The ``tf.data`` input pipeline: batches from the preprocessed cache, augmented on the fly.
 
-Images come from the in-memory ``uint8`` cache (``preprocess.build_cache``), so no file is
+Images come from the memory-mapped ``uint8`` cache (``cache.build_cache``), so no file is
 decoded during training. The dataset walks over shuffled row numbers; each batch of rows is
 gathered from the NumPy array and augmented in one step: the MURA paper's random horizontal
 flip and rotation up to 30 degrees (optionally zoom and shift, a random resized crop, and
@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from fracture_lib.errors import ParameterError
+from fracture_lib.image_rows import ImageRows, source_and_positions
 
 
 @dataclass(frozen=True)
@@ -188,19 +189,40 @@ def _check_inputs(images: np.ndarray, labels: Any, batch_size: int, sample_weigh
         raise ParameterError("no images to make a dataset from: check the split and body part")
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 32,
+def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = None, batch_size: int = 32,
                  training: bool = False, augment: AugmentSettings | None = None, seed: int = 42,
-                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+                 sample_weights: np.ndarray | None = None, mirror: bool = False,
+                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Return a batched, prefetched dataset of ``float32 (B, S, S, 1)`` images in 0..255.
 
+    ``images`` is a uint8 array ``(N, S, S)`` or an ``ImageRows`` view of the cache (a split),
+    whose rows are gathered batch by batch from the cache's memory map, never copied as a whole.
     Yields ``images`` alone when ``labels`` is None, else ``(images, labels)`` or
     ``(images, labels, sample_weights)``. Shuffling (reshuffled every epoch) and augmentation
     (when ``augment`` is given) happen only when ``training``; both are deterministic for a
-    given ``seed``. Without ``training`` the order and the pixels are exactly the input's.
+    given ``seed``. Without ``training`` the order and the pixels are exactly the input's, or
+    mirrored left to right with ``mirror`` (test-time augmentation).
+
+    ``shard=(workers, index)`` (multi-worker training, see ``distribute.worker_datasets``) splits
+    each batch of ``batch_size`` rows (the global batch, in the same shuffled order on every
+    worker) into ``workers`` contiguous slices and yields slice ``index`` of each, before any image
+    is gathered or augmented: the workers see disjoint rows that cover the data, and all of them
+    the same number of batches (a short last batch may leave a slice empty). Its augmentation
+    draws from its own seed stream, and ``tf.distribute`` does not shard it again.
     """
-    images = np.asarray(images)
+    if not isinstance(images, ImageRows):
+        images = np.asarray(images)
     _check_inputs(images, labels, batch_size, sample_weights)
     count, size = len(images), images.shape[1:]
+    # Batches are gathered from the whole array; a view maps its row numbers to the array's.
+    source, offsets = source_and_positions(images)
+
+    def source_rows(positions: np.ndarray) -> np.ndarray:
+        return positions if offsets is None else offsets[positions]
+
+    def plain_batch(positions: np.ndarray) -> np.ndarray:
+        batch = source[source_rows(positions)]
+        return np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
     augmenting = training and augment is not None and augment.changes_pixels
 
     # The dataset walks over row numbers and gathers each batch from the NumPy array: cheap to
@@ -209,14 +231,22 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, batch_siz
     if training:
         rows = rows.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     rows = rows.batch(int(batch_size))
+    workers, worker = _check_shard(shard)
+    if workers > 1:
+        def worker_slice(batch_rows: tf.Tensor) -> tf.Tensor:
+            length = tf.shape(batch_rows, out_type=tf.int64)[0]
+            return batch_rows[worker * length // workers:(worker + 1) * length // workers]
+
+        rows = rows.map(worker_slice)
     label_tensor = None if labels is None else tf.constant(np.asarray(labels))
     weight_tensor = None if sample_weights is None else tf.constant(np.asarray(sample_weights, dtype=np.float32))
 
     def gather(batch_rows: tf.Tensor, batch_seed: tf.Tensor | None) -> tf.Tensor:
         if batch_seed is None:
-            batch = tf.numpy_function(lambda positions: images[positions], [batch_rows], tf.uint8, stateful=False)
+            batch = tf.numpy_function(plain_batch, [batch_rows], tf.uint8, stateful=False)
         else:
-            batch = tf.numpy_function(lambda positions, pair: augment_images(images, pair, augment, rows=positions),
+            batch = tf.numpy_function(lambda positions, pair: augment_images(source, pair, augment,
+                                                                             rows=source_rows(positions)),
                                       [batch_rows, batch_seed], tf.float32, stateful=False)
         batch.set_shape([None, *size])
         return tf.cast(batch, tf.float32)[..., tf.newaxis]
@@ -232,9 +262,26 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, batch_siz
 
     if augmenting:
         # One pair of random integers per batch seeds that batch's transformations.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        seeds = tf.data.Dataset.random(seed=seed + worker, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((rows, seeds))
     else:
         dataset = rows
     dataset = dataset.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard is not None:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Return ``(workers, index)`` of a shard (``(1, 0)`` for None); raise ``ParameterError`` for a bad one."""
+    if shard is None:
+        return 1, 0
+    try:
+        workers, index = (int(value) for value in shard)
+    except (TypeError, ValueError):
+        raise ParameterError(f"shard={shard!r} must be a pair (workers, index), e.g. (2, 0)") from None
+    if workers < 1 or not 0 <= index < workers:
+        raise ParameterError(f"shard={shard!r}: the index must be in 0..workers-1 and workers at least 1")
+    return workers, index

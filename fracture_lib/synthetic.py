@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,127 @@ def generate_demo_dataset(out_dir: str | os.PathLike[str], patients: int = DEFAU
     marker = {"generator": "fracture_lib.synthetic", "version": GENERATOR_VERSION, "patients": int(patients),
               "seed": int(seed), "difficulty": difficulty, "parts": list(parts), "images": len(rows),
               "studies": len({row["study"] for row in rows}), "seconds": round(time.perf_counter() - started, 2)}
+    (mura_dir / MARKER_FILENAME).write_text(json.dumps(marker, indent=2))
+    replace_path(staging, out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# A tree laid out from MURA's real label files (for scale benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+# MURA's seven study types, drawn by the nearest of the three parts the phantoms know.
+DRAWN_AS = {"elbow": "elbow", "forearm": "elbow", "humerus": "shoulder", "shoulder": "shoulder",
+            "finger": "hand", "hand": "hand", "wrist": "hand"}
+MURA_LONG_SIDE = 512  # MURA's films are about 512 px on their long side
+LABEL_FILES = ("train_image_paths.csv", "train_labeled_studies.csv", "valid_image_paths.csv",
+               "valid_labeled_studies.csv")
+
+
+def _read_label_files(label_dir: Path, limit: int | None) -> list[tuple[str, int, list[str]]]:
+    """``(study folder, label, image file names)`` for every study of MURA's four CSV files, in their order.
+
+    With ``limit``, whole studies are kept (in file order) until ``limit`` images are reached.
+    """
+    missing = [name for name in LABEL_FILES if not (label_dir / name).is_file()]
+    if missing:
+        raise DataLayoutError(f"{label_dir / missing[0]} is missing: pass the folder holding MURA v1.1's four "
+                              f"CSV files ({', '.join(LABEL_FILES)})")
+    studies: dict[str, tuple[int, list[str]]] = {}
+    for mura_split in ("train", "valid"):
+        labels = pd.read_csv(label_dir / f"{mura_split}_labeled_studies.csv", header=None, names=["study", "label"])
+        known = {str(study).rstrip("/"): int(label) for study, label in zip(labels["study"], labels["label"])}
+        paths = pd.read_csv(label_dir / f"{mura_split}_image_paths.csv", header=None, names=["path"])["path"]
+        for path in paths.astype(str):
+            study, _, name = path.rpartition("/")
+            if study not in known:
+                raise DataLayoutError(f"{path} (in {label_dir / f'{mura_split}_image_paths.csv'}) has no study in "
+                                      f"{mura_split}_labeled_studies.csv: the label files do not match")
+            studies.setdefault(study, (known[study], []))[1].append(name)
+    chosen, images = [], 0
+    for study, (label, names) in studies.items():
+        if limit is not None and images >= limit:
+            break
+        chosen.append((study, label, names))
+        images += len(names)
+    return chosen
+
+
+def _write_labelled_studies(job: tuple[Path, int, float, int, list[tuple[str, int, list[str]]]]) -> int:
+    """Draw and save the films of some studies of a label-file layout; return how many were written."""
+    root, seed, difficulty, long_side, studies = job
+    written = 0
+    for folder, label, names in studies:
+        # MURA-v1.1/<split>/XR_<PART>/patient<number>/study<number>_<positive|negative>
+        _, mura_split, part_folder, patient, study_name = folder.split("/")
+        part = part_folder.removeprefix("XR_").lower()
+        drawn = DRAWN_AS.get(part, "hand")
+        study = _Study(int(patient.removeprefix("patient")), mura_split, drawn,
+                       int(study_name.removeprefix("study").split("_")[0]), label, len(names))
+        rng = np.random.default_rng([seed, zlib.crc32(folder.encode())])
+        view_findings = _view_findings(rng, study, difficulty)
+        child = bool(rng.random() < CHILD_SHARE)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for view, name in enumerate(names, start=1):
+            image, _, _ = phantoms.render_view(rng, drawn, view, view_findings[view - 1], difficulty, child)
+            # Scale the film to MURA's size: its long side becomes `long_side` pixels.
+            scale = long_side / max(image.shape)
+            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+            cv2.imwrite(str(root / folder / name), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            written += 1
+    return written
+
+
+def generate_from_label_files(label_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                              limit: int | None = None, long_side: int = MURA_LONG_SIDE,
+                              seed: int = config.DEFAULT_SEED, workers: int | None = None,
+                              difficulty: float = DEFAULT_DIFFICULTY) -> Path:
+    """Write ``out_dir/MURA-v1.1/`` with MURA's own paths and labels, every film a phantom.
+
+    ``label_dir`` holds MURA v1.1's four CSV files (all 40,005 image paths); they are copied as
+    they are (cut to whole studies when ``limit`` images are asked for), so the index, splits and
+    study counts are MURA's. Each film is drawn for the nearest part the phantoms know
+    (``DRAWN_AS``) at MURA's size (long side ``long_side``). Content is synthetic: the tree is for
+    measuring speed and memory at MURA's scale, not for training a model of any use.
+    """
+    label_dir = Path(label_dir)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise ParameterError(f"limit={limit!r} must be a positive number of images")
+    if isinstance(long_side, bool) or not isinstance(long_side, (int, np.integer)) or long_side < 64:
+        raise ParameterError(f"long_side={long_side!r} must be an integer of at least 64 pixels")
+    difficulty = _check_difficulty(difficulty)
+    studies = _read_label_files(label_dir, limit)
+    out_dir = config.resolve_path(out_dir)
+    started = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    workers = workers or min(2, os.cpu_count() or 1)
+    chunk_count = max(1, workers * 16)
+    jobs = [(staging, int(seed), difficulty, int(long_side), studies[start::chunk_count]) for start in range(chunk_count)]
+    jobs = [job for job in jobs if job[-1]]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            images = sum(pool.map(_write_labelled_studies, jobs))
+    else:
+        images = sum(_write_labelled_studies(job) for job in jobs)
+    mura_dir = staging / config.MURA_DIRNAME
+    mura_dir.mkdir(exist_ok=True)
+    for mura_split in ("train", "valid"):
+        kept = [(folder, label, names) for folder, label, names in studies if folder.split("/")[1] == mura_split]
+        (mura_dir / f"{mura_split}_image_paths.csv").write_text(
+            "".join(f"{folder}/{name}\n" for folder, _, names in kept for name in names))
+        (mura_dir / f"{mura_split}_labeled_studies.csv").write_text(
+            "".join(f"{folder}/,{label}\n" for folder, label, _ in kept))
+    marker = {"generator": "fracture_lib.synthetic.generate_from_label_files", "version": GENERATOR_VERSION,
+              "layout_from": str(label_dir.resolve()), "seed": int(seed), "difficulty": difficulty,
+              "long_side": int(long_side), "parts": sorted({folder.split("/")[2].removeprefix("XR_").lower()
+                                                           for folder, _, _ in studies}),
+              "images": images, "studies": len(studies),
+              "patients": len({folder.split("/")[3] for folder, _, _ in studies}),
+              "seconds": round(time.perf_counter() - started, 2)}
     (mura_dir / MARKER_FILENAME).write_text(json.dumps(marker, indent=2))
     replace_path(staging, out_dir)
     return out_dir

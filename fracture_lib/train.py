@@ -6,15 +6,17 @@ settings) and ``val_predictions.csv``. The run is assembled in a hidden sibling 
 renamed into place only when training has finished, so a failed run never replaces a good one;
 ``BackupAndRestore`` keeps its state there so an interrupted run resumes where it stopped.
 
-Training is distributed with ``tf.distribute`` on one code path: the default strategy on one
-device, ``MirroredStrategy`` when several GPUs are visible and ``MultiWorkerMirroredStrategy``
-when ``TF_CONFIG`` describes a cluster. ``batch_size`` is per replica; the global batch is
-``batch_size`` times the number of replicas, and batch normalisation is synchronised across them.
+Training is distributed with ``tf.distribute`` on one code path (``distribute``): the default
+strategy on one device, ``MirroredStrategy`` when several GPUs are visible and
+``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a cluster. ``batch_size`` is per
+replica; the global batch is ``batch_size`` times the number of replicas, the learning rate
+follows ``lr_scaling``, and batch normalisation is synchronised across replicas. ``precision``,
+``jit_compile`` and ``augment_on`` choose mixed precision, XLA and where augmentation runs
+(``device_augment``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -23,19 +25,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, datasets, outliers, recipe, resume, synthetic
+from fracture_lib import config, datasets, device_augment, distribute, outliers, recipe, resume, synthetic
 from fracture_lib.files import replace_path
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
-from fracture_lib.preprocess import PreprocessSettings, build_cache
+from fracture_lib.cache import build_cache
+from fracture_lib.image_rows import ImageRows
+from fracture_lib.preprocess import PreprocessSettings
 from fracture_lib.runs import LoadedRun, run_dir_for
 
 
@@ -77,6 +81,10 @@ class TrainConfig:
     dropout_rate: float | None = None  # None: the architecture's default (models.DEFAULT_DROPOUT_RATE)
     parts: tuple[str, ...] = config.DEFAULT_BODY_PARTS
     keep_truncated: bool = False  # keep truncated JPEGs in the index (see fracture_lib.imageio)
+    precision: str = "float32"  # float32, mixed_float16 or mixed_bfloat16 (see fracture_lib.distribute)
+    jit_compile: bool = False  # compile the training step with XLA
+    augment_on: str = "cpu"  # cpu (OpenCV in tf.data) or device (in the training step, see fracture_lib.device_augment)
+    lr_scaling: str = "linear"  # linear: learning_rate is one replica's, times the replicas; none: unchanged
 
     def validate(self) -> None:
         """Raise ``ParameterError`` for any value that cannot work."""
@@ -118,6 +126,9 @@ class TrainConfig:
             self.weights = None
         check_architecture(self.arch, self.img_size, self.weights)
         self.augment_settings()  # validates the augmentation values
+        distribute.check_settings(self.precision, self.jit_compile, self.lr_scaling)
+        if self.augment_on not in device_augment.PLACES:
+            raise ParameterError(f"augment_on={self.augment_on!r} is unknown: choose {' or '.join(device_augment.PLACES)}")
         self.preprocess_settings()
 
     @property
@@ -158,32 +169,6 @@ class TrainResult:
     best_metrics: dict[str, float]
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def choose_strategy() -> Any:
-    """Pick the distribution strategy: multi-worker with TF_CONFIG, mirrored on several GPUs, else default."""
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _strategy_name(strategy: Any) -> str:
-    """The strategy's public name (``MultiWorkerMirroredStrategy``, ``MirroredStrategy`` or ``default``)."""
-    for name in ("MultiWorkerMirroredStrategy", "MirroredStrategy"):
-        if isinstance(strategy, getattr(tf.distribute, name)):
-            return name
-    return "default"
-
-
-def _is_chief(strategy: Any) -> bool:
-    """Tell whether this process writes the run (always, except non-chief multi-worker tasks)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not os.environ.get("TF_CONFIG"):
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def compute_class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
@@ -309,19 +294,25 @@ class StopWhenPerfect(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _compile(model: Any, train_config: TrainConfig, steps_per_epoch: int) -> None:
-    """Attach optimizer (with its schedule and weight averaging), loss and metrics for the run's target."""
-    learning_rate = recipe.learning_rate_schedule(train_config.learning_rate, train_config.schedule, train_config.epochs,
-                                                  steps_per_epoch, train_config.warmup_epochs)
-    optimizer = recipe.make_optimizer(train_config.optimizer, learning_rate, train_config.weight_decay,
+def _compile(model: Any, train_config: TrainConfig, steps_per_epoch: int, learning_rate: float) -> None:
+    """Attach optimizer (with its schedule and weight averaging), loss and metrics for the run's target.
+
+    ``learning_rate`` is the rate for the global batch (``distribute.scaled_learning_rate``). A
+    mixed_float16 model gets Keras's loss scaling here; ``jit_compile`` compiles the step with XLA.
+    """
+    schedule = recipe.learning_rate_schedule(learning_rate, train_config.schedule, train_config.epochs,
+                                             steps_per_epoch, train_config.warmup_epochs)
+    optimizer = recipe.make_optimizer(train_config.optimizer, schedule, train_config.weight_decay,
                                       train_config.ema_momentum)
     if train_config.target == config.FRACTURE_TARGET:
         model.compile(optimizer=optimizer, loss=recipe.make_binary_loss(train_config.loss, train_config.focal_gamma),
                       weighted_metrics=[], metrics=[keras.metrics.AUC(name="auroc"),
-                                                    keras.metrics.BinaryAccuracy(name="accuracy")])
+                                                    keras.metrics.BinaryAccuracy(name="accuracy")],
+                      jit_compile=bool(train_config.jit_compile))
     else:
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
-                      weighted_metrics=[], metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                      weighted_metrics=[], metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=bool(train_config.jit_compile))
 
 
 def _monitor(train_config: TrainConfig) -> str:
@@ -341,7 +332,7 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     train_config.validate()
     started = time.perf_counter()
     # The strategy must exist before other TensorFlow work when several workers cooperate.
-    strategy = choose_strategy()
+    strategy = distribute.choose_strategy()
     keras.utils.set_random_seed(train_config.seed)
     source, subset = training_index(train_config)
     # The global batch is split over the replicas: each one sees `batch_size` images per step.
@@ -349,7 +340,7 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     global_batch = train_config.batch_size * replicas
     # An interrupted attempt with other settings is refused before any image is read.
     final_dir = run_dir_for(train_config.name, train_config.run_name, models_dir)
-    chief = _is_chief(strategy)
+    chief = distribute.is_chief(strategy)
     suffix = "" if chief else f".worker-{strategy.cluster_resolver.task_id}"
     work_dir = final_dir.parent / f".partial-{train_config.run_name}{suffix}"
     settings = resume.resume_settings(train_config.to_dict(), datasets.index_fingerprint(subset), global_batch)
@@ -361,34 +352,47 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
 
     class_weights = _class_weights(train_targets, train_config)
 
-    train_data = make_dataset(train_images, train_targets, global_batch, training=True,
-                              augment=train_config.augment_settings(), seed=train_config.seed,
-                              sample_weights=_sample_weights(train_targets, class_weights))
+    # With augment_on=device the pipeline only shuffles; the training step augments (device_augment).
+    pipeline_augment = train_config.augment_settings() if train_config.augment_on == "cpu" else None
+    train_weights, val_weights = _sample_weights(train_targets, class_weights), _sample_weights(val_targets, class_weights)
+    # Under MultiWorkerMirroredStrategy each worker reads and augments only its slice of every batch.
+    train_data = distribute.worker_datasets(
+        strategy, lambda shard: make_dataset(train_images, train_targets, global_batch, training=True,
+                                             augment=pipeline_augment, seed=train_config.seed,
+                                             sample_weights=train_weights, shard=shard), train_config.batch_size)
     # Validation images carry the same class weights, so the two loss curves are comparable.
-    val_data = make_dataset(val_images, val_targets, global_batch,
-                            sample_weights=_sample_weights(val_targets, class_weights))
+    val_data = distribute.worker_datasets(
+        strategy, lambda shard: make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights,
+                                             shard=shard), train_config.batch_size)
 
     num_classes = 1 if train_config.target == config.FRACTURE_TARGET else len(train_config.parts)
+    learning_rate = distribute.scaled_learning_rate(train_config.learning_rate, replicas, train_config.lr_scaling)
     with strategy.scope():
-        model = build_model(train_config.arch, train_config.img_size, weights=train_config.weights,
-                            num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed)
+        with distribute.precision_policy(train_config.precision):
+            model = build_model(train_config.arch, train_config.img_size, weights=train_config.weights,
+                                num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed)
+            # What fit trains: the model, or the augmentation layer then the model (sharing its weights).
+            fitted = model if pipeline_augment is not None else device_augment.training_model(
+                model, train_config.augment_settings(), seed=train_config.seed)
         if replicas > 1:
-            _synchronize_batch_normalization(model)
-        _compile(model, train_config, steps_per_epoch=int(np.ceil(len(train_images) / global_batch)))
+            distribute.synchronize_batch_normalization(model)
+        _compile(fitted, train_config, steps_per_epoch=int(np.ceil(len(train_images) / global_batch)),
+                 learning_rate=learning_rate)
 
     monitor = _monitor(train_config)
     earlier_best = resume.prepare_work_dir(work_dir, settings, monitor, resume=resuming)
     callbacks = [*_callbacks(train_config, work_dir, earlier_best), *extra_callbacks]
-    with _multi_worker_fit_fixes(model, strategy, train_data):
+    first_batch = make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights)
+    with distribute.distributed_fit_fixes(fitted, strategy, first_batch):
         # The tf.data pipeline shuffles every epoch; Keras's own shuffle does not apply to a Dataset.
-        model.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
-                  shuffle=False, verbose=verbose if verbose in (0, 1, 2) else 1)
+        fitted.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
+                   shuffle=False, verbose=verbose if verbose in (0, 1, 2) else 1)
         history = resume.read_history(work_dir / resume.HISTORY_FILENAME)
         best_metrics = _best_metrics(history, monitor)
         if (work_dir / resume.BEST_WEIGHTS).is_file():
             # The checkpoint of the best epoch (the averaged weights with EMA) is the model saved, also
             # when the best epoch came before an interruption, which EarlyStopping did not see.
-            model.load_weights(work_dir / resume.BEST_WEIGHTS)
+            fitted.load_weights(work_dir / resume.BEST_WEIGHTS)
         val_probabilities = predict_images(model, val_images, batch_size=global_batch, tta=train_config.tta)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
     # How the training images look to the model, for predict's unfamiliar-input check (see outliers).
@@ -398,7 +402,9 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         **_run_description(train_config, model, source, subset, class_weights),
         "global_batch_size": global_batch,
         "replicas": replicas,
-        "strategy": _strategy_name(strategy),
+        "strategy": distribute.strategy_name(strategy),
+        # The optimiser's (peak) rate for the global batch: learning_rate scaled by lr_scaling.
+        "effective_learning_rate": learning_rate,
         "epochs_trained": int(len(history)),
         "best_epoch": int(best_metrics["epoch"]) if "epoch" in best_metrics else None,
         "best": best_metrics,
@@ -471,49 +477,6 @@ def _sample_weights(targets: np.ndarray, class_weights: dict[int, float]) -> np.
     return np.array([class_weights[int(target)] for target in targets], dtype=np.float32)
 
 
-def _synchronize_batch_normalization(model: keras.Model) -> None:
-    """Make batch normalisation use the global batch's statistics across replicas.
-
-    Every replica then updates its moving averages identically, so all workers end with the
-    same weights (and single-device and distributed training normalise alike).
-    """
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-
-
-@contextlib.contextmanager
-def _multi_worker_fit_fixes(model: keras.Model, strategy: Any, dataset: Any) -> Iterator[None]:
-    """Work around two Keras 3 bugs that stop ``fit`` under MultiWorkerMirroredStrategy.
-
-    Keras builds a distributed model from the first batch averaged over the replicas, and it
-    averages each step's scalar metrics with ``strategy.reduce("MEAN", value, axis=0)``; both
-    fail with multi-worker collectives. The model is built from one local batch instead (its
-    variables are mirrored already), and scalars are averaged over replicas with ``axis=None``.
-    Under any other strategy this does nothing.
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        yield
-        return
-    from keras.src.backend.tensorflow import trainer as tensorflow_trainer
-
-    with strategy.scope():
-        model._symbolic_build(data_batch=next(iter(dataset)))  # noqa: SLF001 - see the docstring
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # noqa: SLF001
-    original_reduce = tensorflow_trainer.reduce_per_replica
-
-    def reduce_per_replica(values: Any, strategy: Any, reduction: str = "auto") -> Any:
-        if reduction in ("auto", "mean"):
-            return tf.nest.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
-        return original_reduce(values, strategy, reduction)
-
-    tensorflow_trainer.reduce_per_replica = reduce_per_replica
-    try:
-        yield
-    finally:
-        tensorflow_trainer.reduce_per_replica = original_reduce
-
-
 def _best_metrics(history: pd.DataFrame, monitor: str) -> dict[str, float]:
     """The epoch with the best monitored value and its metrics."""
     if history.empty or monitor not in history:
@@ -549,21 +512,20 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "platform": platform.platform(), "executable": sys.executable}
 
 
-def predict_images(model: Any, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+def predict_images(model: Any, images: np.ndarray | ImageRows, batch_size: int = 64, tta: bool = False) -> np.ndarray:
     """Probabilities for uint8 images (N, S, S): shape (N,) for a binary model, (N, C) otherwise.
 
     With ``tta`` (test-time augmentation) each image is also scored mirrored left to right, and
     the two probabilities are averaged.
     """
-    images = np.asarray(images)
     if len(images) == 0:
         width = model.output_shape[-1]
         return np.zeros((0,) if width == 1 else (0, width), dtype=np.float32)
+    # The images (a view of the cache, or an array) are read batch by batch, never copied whole.
     probabilities = np.asarray(model.predict(make_dataset(images, batch_size=batch_size), verbose=0), dtype=np.float32)
     if tta:
-        mirrored = np.ascontiguousarray(images[:, :, ::-1])
-        probabilities = (probabilities + np.asarray(model.predict(make_dataset(mirrored, batch_size=batch_size),
-                                                                  verbose=0), dtype=np.float32)) / 2.0
+        mirrored = make_dataset(images, batch_size=batch_size, mirror=True)
+        probabilities = (probabilities + np.asarray(model.predict(mirrored, verbose=0), dtype=np.float32)) / 2.0
     return probabilities[:, 0] if probabilities.shape[-1] == 1 else probabilities
 
 

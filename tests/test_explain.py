@@ -203,14 +203,14 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     """
     import keras
 
-    from fracture_lib import models, datasets, pipeline, preprocess, synthetic
+    from fracture_lib import cache as image_cache, models, datasets, pipeline, preprocess, synthetic
 
     data_root = synthetic.generate_demo_dataset(tmp_path / "demo", patients=100, seed=0, parts=("elbow",),
                                                 difficulty=0.0)
     keras.utils.set_random_seed(0)
     settings = preprocess.PreprocessSettings(img_size=128)
-    cache = preprocess.build_cache(datasets.build_index(data_root, seed=0), data_root, settings,
-                                   cache_dir=tmp_path / "cache", progress=False)
+    cache = image_cache.build_cache(datasets.build_index(data_root, seed=0), data_root, settings,
+                                    cache_dir=tmp_path / "cache", progress=False)
     boxes = explain.load_model_boxes(data_root, cache.index["path"].tolist(), settings.img_size)
     patches, labels = fracture_patches(cache, boxes, patch=48, positives_per_image=4, negatives_per_image=3, seed=0)
     patch_model = models.build_model("small_cnn", 48, seed=0)

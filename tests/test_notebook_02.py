@@ -10,7 +10,8 @@ import pytest
 
 from conftest import notebook_outputs, run_notebook, text_of
 from fracture_lib import config, datasets
-from fracture_lib.preprocess import PreprocessSettings, build_cache
+from fracture_lib.cache import build_cache
+from fracture_lib.preprocess import PreprocessSettings
 
 
 @pytest.mark.slow

@@ -99,6 +99,31 @@ def test_training_without_augmentation_only_shuffles() -> None:
         np.testing.assert_array_equal(x.numpy()[..., 0], images[y.numpy()].astype(np.float32))
 
 
+def test_sharded_datasets_split_each_batch_into_disjoint_covering_slices() -> None:
+    images, labels = _images(33), np.arange(33, dtype=np.float32)
+    whole = [y.numpy() for _, y in make_dataset(images, labels, 8, training=True, seed=4)]
+    for workers in (2, 3):
+        shards = [list(make_dataset(images, labels, 8, training=True, augment=AugmentSettings(), seed=4,
+                                    shard=(workers, index))) for index in range(workers)]
+        # One batch per global batch on every worker (the last global batch holds 1 image, so some slices are empty).
+        assert [len(shard) for shard in shards] == [len(whole)] * workers == [5] * workers
+        for step, rows in enumerate(whole):
+            slices = [shard[step][1].numpy() for shard in shards]
+            # The workers' slices are the global batch, in order: disjoint, and together all of it.
+            np.testing.assert_array_equal(np.concatenate(slices), rows)
+            assert all(shard[step][0].shape == (len(piece), 32, 32, 1) for shard, piece in zip(shards, slices))
+        assert min(len(shard[-1][1]) for shard in shards) == 0
+    # Without training the slices keep the input's order and pixels; tf.distribute must not shard again.
+    dataset = make_dataset(images, labels, 8, shard=(2, 1))
+    assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+    x, y = next(iter(dataset))
+    np.testing.assert_array_equal(y.numpy(), labels[4:8])
+    np.testing.assert_array_equal(x.numpy()[..., 0], images[4:8].astype(np.float32))
+    for shard in ((2, 2), (0, 0), ("two", 0)):
+        with pytest.raises(ParameterError, match="shard="):
+            make_dataset(images, labels, 8, shard=shard)
+
+
 def test_memory_mapped_cache_feeds_the_pipeline(tmp_path) -> None:
     np.save(tmp_path / "images.npy", _images(6))
     mapped = np.load(tmp_path / "images.npy", mmap_mode="r")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import struct
-import time
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from fracture_lib import preprocess
 from fracture_lib.errors import ImageReadError, ParameterError
-from fracture_lib.preprocess import PreprocessSettings, build_cache, load_image, preprocess_image
+from fracture_lib.preprocess import PreprocessSettings, load_image, preprocess_image
 
 
 def _gradient(height: int = 60, width: int = 90) -> np.ndarray:
@@ -131,111 +126,3 @@ def test_settings_validate_and_round_trip() -> None:
     assert PreprocessSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(ParameterError, match="img_size"):
         PreprocessSettings(img_size=4)
-
-
-def _write_tree(root: Path, count: int = 6) -> pd.DataFrame:
-    rows = []
-    for number in range(count):
-        relative = f"MURA-v1.1/train/XR_ELBOW/patient{number:05d}/study1_negative/image1.png"
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), np.full((40 + number, 30), 10 * number, dtype=np.uint8))
-        rows.append({"path": relative, "split": "train" if number < 4 else "val", "body_part": "elbow"})
-    return pd.DataFrame(rows)
-
-
-def _counting_loader(monkeypatch) -> list:
-    """Patch the per-image loader the cache calls; return the list of paths it decoded."""
-    calls: list = []
-    original = preprocess.load_image
-    monkeypatch.setattr(preprocess, "load_image", lambda path: calls.append(path) or original(path))
-    return calls
-
-
-def test_cache_is_built_once_and_reused(tmp_path: Path, monkeypatch) -> None:
-    index = _write_tree(tmp_path)
-    calls = _counting_loader(monkeypatch)
-    settings = PreprocessSettings(img_size=32)
-    first = build_cache(index, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
-    assert len(calls) == 6 and not first.reused
-    assert first.images.shape == (6, 32, 32) and first.images.dtype == np.uint8
-    # One array file and a manifest, published atomically (no temporary folder left behind).
-    assert sorted(path.name for path in first.path.iterdir()) == ["images.npy", "manifest.json"]
-    assert [path.name for path in (tmp_path / "cache").iterdir()] == [first.path.name]
-    manifest = json.loads((first.path / "manifest.json").read_text())
-    assert manifest["settings"] == settings.to_dict() and manifest["paths"] == list(index["path"])
-    assert manifest["build_seconds"] > 0 and first.size_bytes == (first.path / "images.npy").stat().st_size
-
-    second = build_cache(index, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
-    assert len(calls) == 6 and second.reused and second.path == first.path
-    assert isinstance(second.images, np.memmap)
-    np.testing.assert_array_equal(first.images, second.images)
-    for position in range(6):
-        np.testing.assert_array_equal(second.images[position],
-                                      preprocess_image(load_image(tmp_path / index["path"][position]), settings))
-    images, frame = second.select("val")
-    assert len(images) == 2 and list(frame["path"]) == list(index["path"].iloc[4:])
-    np.testing.assert_array_equal(images, first.images[4:])
-    with pytest.raises(ParameterError, match="split 'test'"):
-        second.select("test")
-
-
-def test_cache_is_rebuilt_when_settings_or_images_change(tmp_path: Path, monkeypatch) -> None:
-    index = _write_tree(tmp_path)
-    calls = _counting_loader(monkeypatch)
-    cache_dir = tmp_path / "cache"
-    settings = PreprocessSettings(img_size=32)
-    build_cache(index, tmp_path, settings, cache_dir=cache_dir, progress=False)
-    assert len(calls) == 6
-    # Other settings: every image is decoded again.
-    build_cache(index, tmp_path, PreprocessSettings(img_size=32, clahe=True), cache_dir=cache_dir, progress=False)
-    assert len(calls) == 12
-    # Another index (an extra image): rebuilt.
-    bigger = pd.concat([index, _write_tree(tmp_path / "more", count=1).assign(
-        path=lambda frame: "more/" + frame["path"])], ignore_index=True)
-    build_cache(bigger, tmp_path, settings, cache_dir=cache_dir, progress=False)
-    assert len(calls) == 19
-    # A changed image file under the same path: rebuilt, with the new pixels.
-    changed = tmp_path / index["path"][2]
-    cv2.imwrite(str(changed), np.full((30, 30), 250, dtype=np.uint8))
-    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
-    cache = build_cache(index, tmp_path, settings, cache_dir=cache_dir, progress=False)
-    assert len(calls) == 25 and not cache.reused and cache.images[2].max() == 250
-
-
-def test_a_subset_is_sliced_from_a_larger_cache(tmp_path: Path, monkeypatch) -> None:
-    index = _write_tree(tmp_path)
-    calls = _counting_loader(monkeypatch)
-    settings = PreprocessSettings(img_size=32)
-    everything = build_cache(index, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
-    # One body part, a new split or another row order need no decoding: labels don't change pixels.
-    subset = index.iloc[[5, 1, 3]].assign(split="test")
-    part = build_cache(subset, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
-    assert len(calls) == 6 and part.reused
-    np.testing.assert_array_equal(part.images, everything.images[[5, 1, 3]])
-    assert list(part.index["path"]) == list(subset["path"]) and list(part.index.index) == [0, 1, 2]
-    assert len(part.select("test")[0]) == 3
-
-
-def test_cache_build_names_a_broken_image(tmp_path: Path) -> None:
-    index = _write_tree(tmp_path, count=3)
-    (tmp_path / index["path"][1]).write_text("broken")
-    with pytest.raises(ImageReadError, match="patient00001"):
-        build_cache(index, tmp_path, PreprocessSettings(img_size=32), cache_dir=tmp_path / "cache", progress=False)
-    assert not list((tmp_path / "cache").glob("*/manifest.json"))
-
-
-def test_cache_warns_about_images_predict_would_refuse(tmp_path: Path) -> None:
-    # Training on a blank or tiny film is allowed, but never silent.
-    good = np.tile(np.arange(0, 200, 2, dtype=np.uint8), (80, 1))
-    frame = pd.DataFrame({"path": ["good.png", "blank.png", "tiny.png"]})
-    cv2.imwrite(str(tmp_path / "good.png"), good)
-    cv2.imwrite(str(tmp_path / "blank.png"), np.full((100, 100), 30, np.uint8))
-    cv2.imwrite(str(tmp_path / "tiny.png"), good[:20, :20])
-    settings = preprocess.PreprocessSettings(img_size=32)
-    with pytest.warns(UserWarning, match=r"2 image\(s\) too small or blank to judge are in the cache, e\.g\. .*blank\.png: "
-                                         r"image is blank .*--verify-images --drop-missing"):
-        preprocess.build_cache(frame, tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        preprocess.build_cache(frame.iloc[:1], tmp_path, settings, cache_dir=tmp_path / "cache", progress=False)

@@ -91,7 +91,7 @@ def test_ema_weights_are_the_ones_saved(tiny_demo_root: Path, tmp_path: Path) ->
     frame = pd.read_csv(averaged.run_dir / "val_predictions.csv")
     run = load_run(averaged.run_dir)
     _, subset = training_index(_tiny_config(tiny_demo_root))
-    from fracture_lib.preprocess import build_cache
+    from fracture_lib.cache import build_cache
 
     images, rows = build_cache(subset, tiny_demo_root, run.preprocess, progress=False).select("val")
     np.testing.assert_allclose(frame["probability"], predict_images(run.model, images), rtol=1e-4, atol=1e-5)

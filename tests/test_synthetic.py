@@ -193,3 +193,66 @@ def test_the_hand_is_drawn_easier_than_the_difficulty_asked_for() -> None:
     assert not np.array_equal(film("elbow", 0.15), film("elbow", 0.0))
     assert findings.part_difficulty("hand", 0.5) == pytest.approx(0.3)
     assert findings.part_difficulty("shoulder", 0.1) == 0.1
+
+
+def _label_files(folder: Path) -> Path:
+    """MURA-style label files of five studies (three parts, both MURA splits), as MURA spells them."""
+    folder.mkdir(parents=True)
+    train = ["MURA-v1.1/train/XR_WRIST/patient00001/study1_positive", "MURA-v1.1/train/XR_WRIST/patient00002/study1_negative",
+             "MURA-v1.1/train/XR_HUMERUS/patient00003/study1_positive"]
+    valid = ["MURA-v1.1/valid/XR_ELBOW/patient11186/study1_negative", "MURA-v1.1/valid/XR_ELBOW/patient11186/study2_positive"]
+    views = {train[0]: 3, train[1]: 2, train[2]: 1, valid[0]: 2, valid[1]: 1}
+    for mura_split, studies in (("train", train), ("valid", valid)):
+        (folder / f"{mura_split}_image_paths.csv").write_text(
+            "".join(f"{study}/image{view}.png\n" for study in studies for view in range(1, views[study] + 1)))
+        (folder / f"{mura_split}_labeled_studies.csv").write_text(
+            "".join(f"{study}/,{int(study.endswith('positive'))}\n" for study in studies))
+    return folder
+
+
+def test_a_tree_laid_out_from_mura_label_files(tmp_path: Path) -> None:
+    from fracture_lib import datasets
+
+    labels = _label_files(tmp_path / "csv")
+    root = synthetic.generate_from_label_files(labels, tmp_path / "tree", long_side=96, workers=1)
+    mura_dir = root / config.MURA_DIRNAME
+    # The label files are MURA's, exactly; every film exists, grey, with a long side of 96 px.
+    for name in synthetic.LABEL_FILES:
+        assert (mura_dir / name).read_text() == (labels / name).read_text()
+    paths = [line for name in ("train_image_paths.csv", "valid_image_paths.csv")
+             for line in (labels / name).read_text().split()]
+    assert len(paths) == 9
+    for path in paths:
+        image = cv2.imread(str(root / path), cv2.IMREAD_UNCHANGED)
+        assert image.ndim == 2 and image.dtype == np.uint8 and max(image.shape) == 96
+    assert synthetic.is_synthetic(root) and synthetic.demo_parameters(root)["images"] == 9
+    index = datasets.build_index(root, seed=0)
+    assert len(index) == 9 and set(index["body_part"]) == {"wrist", "humerus", "elbow"}
+    # Each film carries its study's label from the label files.
+    expected = {}
+    for name in ("train_labeled_studies.csv", "valid_labeled_studies.csv"):
+        for line in (labels / name).read_text().split():
+            study, label = line.split(",")
+            expected[study.rstrip("/")] = int(label)
+    found = {str(study).rstrip("/"): int(label) for study, label in index.groupby("study")["label"].first().items()}
+    assert found == expected and sorted(set(expected.values())) == [0, 1]
+    # --limit keeps whole studies, in file order, until that many films.
+    limited = synthetic.generate_from_label_files(labels, tmp_path / "limited", limit=4, long_side=96, workers=1)
+    assert (limited / config.MURA_DIRNAME / "train_image_paths.csv").read_text().count("\n") == 5
+    assert (limited / config.MURA_DIRNAME / "valid_image_paths.csv").read_text() == ""
+
+
+def test_label_files_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    from fracture_lib.errors import DataLayoutError
+
+    labels = _label_files(tmp_path / "csv")
+    (labels / "valid_labeled_studies.csv").unlink()
+    with pytest.raises(DataLayoutError, match="valid_labeled_studies.csv is missing"):
+        synthetic.generate_from_label_files(labels, tmp_path / "tree")
+    labels = _label_files(tmp_path / "csv2")
+    (labels / "train_labeled_studies.csv").write_text("MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/,1\n")
+    with pytest.raises(DataLayoutError, match="patient00002/study1_negative/image1.png .* has no study"):
+        synthetic.generate_from_label_files(labels, tmp_path / "tree")
+    with pytest.raises(ParameterError, match="limit=0"):
+        synthetic.generate_from_label_files(labels, tmp_path / "tree", limit=0)
+    assert not (tmp_path / "tree").exists()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -169,13 +170,13 @@ def build_cache(index: pd.DataFrame, data_root: str | os.PathLike[str], settings
                           _file_size(source / IMAGES_FILENAME), reused=True,
                           load_seconds=time.perf_counter() - start)
 
-    staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    target = _reserve_images(staging, (len(paths), settings.img_size, settings.img_size))
+    staging, target = _reserve_images(folder, (len(paths), settings.img_size, settings.img_size))
     try:
         _decode_all([data_root / path for path in paths], settings, target, workers, progress)
     except BaseException:
         # An unreadable image (or Ctrl-C): nothing is published.
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     seconds = time.perf_counter() - start
     manifest = {
@@ -213,55 +214,74 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _reserve_images(staging: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """A writable memory map of a new ``staging/images.npy``, its disk space reserved; in memory if that fails.
+def _reserve_images(folder: Path, shape: tuple[int, int, int]) -> tuple[Path | None, np.ndarray]:
+    """A new staging folder beside ``folder`` and a writable memory map of its ``images.npy``.
 
-    ``staging`` is a fresh temporary sibling of the cache folder, renamed into place when the
-    cache is complete. The space is allocated up front because a memory-mapped write to a full
-    disk cannot fail politely later: it kills the process.
+    The staging folder has a unique name (two processes building the same cache never share or
+    delete each other's), and is renamed into place when the cache is complete. The disk space
+    is allocated up front where the system can (``posix_fallocate``; not on macOS) because a
+    memory-mapped write to a full disk cannot fail politely later: it kills the process. When
+    the folder cannot be written, returns ``(None, array in memory)``: a cache of one use.
     """
-    path = staging / IMAGES_FILENAME
+    staging = None
     try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        path = staging / IMAGES_FILENAME
         images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-        with open(path, "r+b") as handle:
-            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
-        return images
+        allocate = getattr(os, "posix_fallocate", None)
+        if allocate is not None:
+            with open(path, "r+b") as handle:
+                allocate(handle.fileno(), 0, path.stat().st_size)
+        return staging, images
     except OSError as error:
         # No space left, or a read-only folder: decode into memory, as a cache of one use.
-        shutil.rmtree(staging, ignore_errors=True)
-        warnings.warn(f"could not write the image cache {staging.parent} ({error}): the images are kept in memory "
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        warnings.warn(f"could not write the image cache {folder} ({error}): the images are kept in memory "
                       "and will be decoded again next time", stacklevel=3)
-        return np.zeros(shape, dtype=np.uint8)
+        return None, np.zeros(shape, dtype=np.uint8)
 
 
-def _publish(staging: Path, folder: Path, images: np.ndarray, manifest: dict[str, Any],
+def _publish(staging: Path | None, folder: Path, images: np.ndarray, manifest: dict[str, Any],
              settings: PreprocessSettings) -> np.ndarray:
     """Complete the staging folder, rename it into place, and return the published images memory-mapped.
 
-    When the images could not be written to disk, they are returned as they are (in memory).
+    When another process published a complete cache under the same name meanwhile, that one is
+    used and ours discarded (the key makes them identical). When the images could not be written
+    to disk, or the rename fails, they are returned as they are: in memory, or a memory map of the
+    removed staging file (the map stays readable until it is dropped), never copied.
     """
-    if not isinstance(images, np.memmap):
-        shutil.rmtree(staging, ignore_errors=True)
+    if staging is None:
         return images
+    existing = _complete_images(folder, manifest, settings)
+    if existing is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return existing
     try:
         images.flush()
         (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest))
         replace_path(staging, folder)
     except OSError as error:
-        # Another process (a second worker) may have published the same cache first.
         shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / MANIFEST_FILENAME).is_file():
-            warnings.warn(f"could not write the image cache {folder} ({error}): it will be rebuilt next time",
-                          stacklevel=3)
-            return np.array(images)
+        existing = _complete_images(folder, manifest, settings)
+        if existing is not None:
+            return existing
+        warnings.warn(f"could not write the image cache {folder} ({error}): it will be rebuilt next time",
+                      stacklevel=3)
+        return images
     del images
     published = _load_images(folder, manifest, settings)
     if published is None:
         raise FractureLibError(f"the image cache {folder} was written but cannot be read back: "
                                f"delete the folder and run again")
     return published
+
+
+def _complete_images(folder: Path, manifest: dict[str, Any], settings: PreprocessSettings) -> np.ndarray | None:
+    """The images of a complete cache in ``folder`` holding exactly ``manifest``'s images, or None."""
+    found = _open_cache(folder, manifest["paths"], (manifest["sizes"], manifest["mtimes_ns"]), settings)
+    return None if found is None else found[0]
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:

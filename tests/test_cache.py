@@ -197,3 +197,43 @@ def test_a_cache_that_cannot_be_written_is_kept_in_memory(tmp_path: Path, monkey
     monkeypatch.undo()
     again = build_cache(index, tmp_path, PreprocessSettings(img_size=32), cache_dir=tmp_path / "cache", progress=False)
     assert not again.reused and isinstance(again.images, np.memmap)
+
+
+def test_a_system_without_posix_fallocate_still_gets_a_memory_mapped_cache(tmp_path: Path, monkeypatch) -> None:
+    index = _write_tree(tmp_path)
+    monkeypatch.delattr(cache.os, "posix_fallocate", raising=False)  # as on macOS
+    built = build_cache(index, tmp_path, PreprocessSettings(img_size=32), cache_dir=tmp_path / "cache", progress=False)
+    assert isinstance(built.images, np.memmap) and built.images.shape == (6, 32, 32)
+    assert [entry.name for entry in (tmp_path / "cache").iterdir()] == [built.path.name]
+
+
+def test_two_builders_of_one_cache_keep_to_their_own_staging(tmp_path: Path, monkeypatch) -> None:
+    index = _write_tree(tmp_path)
+    settings = PreprocessSettings(img_size=32)
+    cache_root = tmp_path / "cache"
+    key = cache.cache_key(index, tmp_path, settings)
+    # A third process's build in progress: its staging folder must survive ours.
+    foreign = cache_root / f".{key}.tmp-elsewhere"
+    foreign.mkdir(parents=True)
+    (foreign / "images.npy").write_bytes(b"half written")
+    original_decode = cache._decode_all
+    inner: list = []
+    started: list = []
+
+    def decode_while_another_process_publishes(*arguments, **options) -> None:
+        original_decode(*arguments, **options)
+        if not started:
+            # A second builder of the same images finishes and publishes first.
+            started.append(True)
+            inner.append(build_cache(index, tmp_path, settings, cache_dir=cache_root, progress=False))
+            inner.append((cache_root / key / "images.npy").stat().st_ino)
+
+    monkeypatch.setattr(cache, "_decode_all", decode_while_another_process_publishes)
+    outer = build_cache(index, tmp_path, settings, cache_dir=cache_root, progress=False)
+    published = cache_root / key / "images.npy"
+    # The later builder opened the published cache (the same file) and discarded its own copy.
+    assert published.stat().st_ino == inner[1]
+    assert Path(inner[0].images.filename) == published and Path(outer.images.filename) == published
+    np.testing.assert_array_equal(outer.images, inner[0].images)
+    assert sorted(entry.name for entry in cache_root.iterdir()) == sorted([key, foreign.name])
+    assert (foreign / "images.npy").read_bytes() == b"half written"

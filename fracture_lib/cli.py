@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from fracture_lib import config
-from fracture_lib.errors import FractureLibError
+from fracture_lib.errors import FractureLibError, ParameterError
 
 # Keep TensorFlow's C++ start-up chatter out of the terminal unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +55,9 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out_dir = config.resolve_path(args.out_dir)
     kwargs = {"seed": args.seed, "parts": args.parts or synthetic.DEMO_PARTS}
+    if not args.layout_from and (args.limit is not None or args.long_side is not None):
+        raise ParameterError("--limit and --long-side only apply with --layout-from (MURA's label files); "
+                             "the demo set's size is --patients")
     if args.layout_from:
         # MURA's own paths and labels (all 40,005 films, or --limit of them), each film a phantom.
         synthetic.generate_from_label_files(args.layout_from, out_dir, limit=args.limit, long_side=args.long_side or synthetic.MURA_LONG_SIDE,
@@ -191,8 +194,6 @@ def _cmd_reports(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Run the input-pipeline, training and scoring benchmarks (or, with --gpu, the GPU one) and write JSON."""
-    from fracture_lib.errors import ParameterError
-
     # Paths typed on the command line are taken from the current folder, as a shell user expects.
     out_path = os.path.abspath(args.out) if args.out else None
     data_dir = os.path.abspath(args.data) if args.data else None
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lay out MURA's own tree from its four label CSV files in DIR (every path, e.g. "
                            "40,005 films, for scale benchmarks), each film a phantom at MURA's size")
     demo.add_argument("--limit", type=int, default=None,
-                      help="with --layout-from: keep whole studies, in file order, up to this many images")
+                      help="with --layout-from: about this many images (whole studies in file order until the "
+                           "limit is reached, so the last study may pass it by a few films)")
     demo.add_argument("--long-side", type=int, default=None,
                       help="with --layout-from: the films' long side in pixels (default MURA's 512)")
 

@@ -115,7 +115,8 @@ def add_reports(parser: argparse.ArgumentParser) -> None:
 def add_bench(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench`` (the CPU benchmark, or the GPU one with ``--gpu``)."""
     parser.add_argument("--out", default=None,
-                        help="JSON file to write (default reports/benchmarks.json, with --gpu reports/benchmarks-gpu.json)")
+                        help="JSON file to write (default reports/benchmarks.json, with --gpu reports/benchmarks-gpu.json, "
+                             "with --scale reports/benchmarks-scale.json)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and no densenet121: about a minute and a half, for a smoke test")
     parser.add_argument("--data", default=None,

@@ -213,6 +213,10 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
     if not isinstance(images, ImageRows):
         images = np.asarray(images)
     _check_inputs(images, labels, batch_size, sample_weights)
+    if mirror and training and augment is not None and augment.changes_pixels:
+        # Augmented batches are drawn fresh and already flipped at random; a mirror would be ignored.
+        raise ParameterError("mirror=True is test-time augmentation: use it without training augmentation "
+                             "(training=False, or augment=None)")
     count, size = len(images), images.shape[1:]
     # Batches are gathered from the whole array; a view maps its row numbers to the array's.
     source, offsets = source_and_positions(images)

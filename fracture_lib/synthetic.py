@@ -278,32 +278,37 @@ def generate_from_label_files(label_dir: str | os.PathLike[str], out_dir: str | 
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    workers = workers or min(2, os.cpu_count() or 1)
-    chunk_count = max(1, workers * 16)
-    jobs = [(staging, int(seed), difficulty, int(long_side), studies[start::chunk_count]) for start in range(chunk_count)]
-    jobs = [job for job in jobs if job[-1]]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            images = sum(pool.map(_write_labelled_studies, jobs))
-    else:
-        images = sum(_write_labelled_studies(job) for job in jobs)
-    mura_dir = staging / config.MURA_DIRNAME
-    mura_dir.mkdir(exist_ok=True)
-    for mura_split in ("train", "valid"):
-        kept = [(folder, label, names) for folder, label, names in studies if folder.split("/")[1] == mura_split]
-        (mura_dir / f"{mura_split}_image_paths.csv").write_text(
-            "".join(f"{folder}/{name}\n" for folder, _, names in kept for name in names))
-        (mura_dir / f"{mura_split}_labeled_studies.csv").write_text(
-            "".join(f"{folder}/,{label}\n" for folder, label, _ in kept))
-    marker = {"generator": "fracture_lib.synthetic.generate_from_label_files", "version": GENERATOR_VERSION,
-              "layout_from": str(label_dir.resolve()), "seed": int(seed), "difficulty": difficulty,
-              "long_side": int(long_side), "parts": sorted({folder.split("/")[2].removeprefix("XR_").lower()
-                                                           for folder, _, _ in studies}),
-              "images": images, "studies": len(studies),
-              "patients": len({folder.split("/")[3] for folder, _, _ in studies}),
-              "seconds": round(time.perf_counter() - started, 2)}
-    (mura_dir / MARKER_FILENAME).write_text(json.dumps(marker, indent=2))
-    replace_path(staging, out_dir)
+    try:
+        workers = workers or min(2, os.cpu_count() or 1)
+        chunk_count = max(1, workers * 16)
+        jobs = [(staging, int(seed), difficulty, int(long_side), studies[start::chunk_count]) for start in range(chunk_count)]
+        jobs = [job for job in jobs if job[-1]]
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                images = sum(pool.map(_write_labelled_studies, jobs))
+        else:
+            images = sum(_write_labelled_studies(job) for job in jobs)
+        mura_dir = staging / config.MURA_DIRNAME
+        mura_dir.mkdir(exist_ok=True)
+        for mura_split in ("train", "valid"):
+            kept = [(folder, label, names) for folder, label, names in studies if folder.split("/")[1] == mura_split]
+            (mura_dir / f"{mura_split}_image_paths.csv").write_text(
+                "".join(f"{folder}/{name}\n" for folder, _, names in kept for name in names))
+            (mura_dir / f"{mura_split}_labeled_studies.csv").write_text(
+                "".join(f"{folder}/,{label}\n" for folder, label, _ in kept))
+        marker = {"generator": "fracture_lib.synthetic.generate_from_label_files", "version": GENERATOR_VERSION,
+                  "layout_from": str(label_dir.resolve()), "seed": int(seed), "difficulty": difficulty,
+                  "long_side": int(long_side), "parts": sorted({folder.split("/")[2].removeprefix("XR_").lower()
+                                                               for folder, _, _ in studies}),
+                  "images": images, "studies": len(studies),
+                  "patients": len({folder.split("/")[3] for folder, _, _ in studies}),
+                  "seconds": round(time.perf_counter() - started, 2)}
+        (mura_dir / MARKER_FILENAME).write_text(json.dumps(marker, indent=2))
+        replace_path(staging, out_dir)
+    except BaseException:
+        # A failed or interrupted run leaves no half-written tree behind; an earlier tree stays as it was.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out_dir
 
 

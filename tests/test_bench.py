@@ -209,3 +209,27 @@ def test_tiny_benchmark_run_writes_every_section(tiny_demo_root: Path, tmp_path:
     assert not list(tmp_path.glob(".bench.json.tmp-*"))
     assert any("targets:" in line for line in lines)
     assert any("the original project's loader (serial)" in line for line in lines)
+
+
+def test_efficiency_reads_a_memory_mapped_cache_in_place(tmp_path: Path) -> None:
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from fracture_lib.cache import IMAGES_FILENAME
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    np.save(folder / IMAGES_FILENAME, np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4))
+    index = pd.DataFrame({"label": [0, 1, 0, 1, 0, 1]})
+    context = SimpleNamespace(cache_dir=tmp_path / "work")
+    context.cache_dir.mkdir()
+    mapped = SimpleNamespace(images=np.load(folder / IMAGES_FILENAME, mmap_mode="r"), index=index, path=folder)
+    images_file, labels_file = training.efficiency_inputs(context, mapped)
+    # The whole memory-mapped cache is read where it lies; nothing is copied beside it.
+    assert images_file == folder / IMAGES_FILENAME and not (context.cache_dir / "efficiency-images.npy").exists()
+    np.testing.assert_array_equal(np.load(labels_file), index["label"].to_numpy(dtype=np.float32))
+    # An in-memory cache (one that could not be written) is saved for the worker processes.
+    in_memory = SimpleNamespace(images=np.asarray(mapped.images)[:3], index=index.iloc[:3], path=tmp_path / "none")
+    images_file, _ = training.efficiency_inputs(context, in_memory)
+    assert images_file == context.cache_dir / "efficiency-images.npy"
+    np.testing.assert_array_equal(np.load(images_file), np.asarray(mapped.images)[:3])

@@ -201,3 +201,13 @@ def test_naive_loader_decodes_every_image_each_epoch(tmp_path) -> None:
     assert sorted(first_epoch) == list(labels)
     results = bench.write_results({"value": np.float32(1.5)}, tmp_path / "out" / "bench.json")
     assert results.read_text().strip().endswith("}") and not list((tmp_path / "out").glob(".*"))
+
+
+def test_mirror_with_training_augmentation_is_refused() -> None:
+    images = _images()
+    with pytest.raises(ParameterError, match="mirror=True is test-time augmentation"):
+        make_dataset(images, batch_size=8, training=True, augment=AugmentSettings(), mirror=True)
+    # Without augmentation the mirror still applies to shuffled training batches.
+    batch = next(iter(make_dataset(images, np.arange(40, dtype=np.float32), 8, training=True, mirror=True)))
+    rows = batch[1].numpy().astype(int)
+    np.testing.assert_array_equal(batch[0].numpy()[..., 0], images[rows][:, :, ::-1].astype(np.float32))

@@ -256,3 +256,27 @@ def test_label_files_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="limit=0"):
         synthetic.generate_from_label_files(labels, tmp_path / "tree", limit=0)
     assert not (tmp_path / "tree").exists()
+
+
+def test_a_failed_layout_run_leaves_no_staging_and_keeps_the_earlier_tree(tmp_path: Path, monkeypatch) -> None:
+    labels = _label_files(tmp_path / "csv")
+    root = synthetic.generate_from_label_files(labels, tmp_path / "tree", long_side=96, workers=1)
+    before = (root / config.MURA_DIRNAME / synthetic.MARKER_FILENAME).read_text()
+
+    def fail(job):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "_write_labelled_studies", fail)
+    with pytest.raises(OSError, match="disk full"):
+        synthetic.generate_from_label_files(labels, tmp_path / "tree", long_side=96, workers=1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["csv", "tree"]
+    assert (root / config.MURA_DIRNAME / synthetic.MARKER_FILENAME).read_text() == before
+
+
+def test_demo_data_refuses_layout_options_without_layout_from(tmp_path: Path, capsys) -> None:
+    from fracture_lib import cli
+
+    for option in (["--limit", "5"], ["--long-side", "96"]):
+        assert cli.main(["demo-data", str(tmp_path / "tree"), *option]) != 0
+        assert "only apply with --layout-from" in capsys.readouterr().err
+    assert not (tmp_path / "tree").exists()

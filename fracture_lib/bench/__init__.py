@@ -24,8 +24,9 @@ one module each:
 
 ``python -m fracture_lib bench --gpu`` runs the GPU benchmark instead (``gpu``: DenseNet-169 at
 320 px in float32 and mixed precision, fed by the pipeline and from memory, with and without XLA;
-``reports/benchmarks-gpu.json``). A MURA-scale table (time and peak memory against data size)
-belongs in a ``scale`` module of its own.
+``reports/benchmarks-gpu.json``); ``bench --scale`` the MURA-scale table (``scale``: time and peak
+memory of the index, the cache, a training epoch and an evaluation against data size;
+``reports/benchmarks-scale.json``).
 
 Rates are the best of a few timed passes unless said otherwise, the usual way to keep other
 processes on a shared machine out of a speed measurement; the CPU time per image (all threads of

@@ -161,6 +161,24 @@ def run_efficiency_worker(images_file: str | os.PathLike[str], labels_file: str 
     return json.loads(lines[-1])
 
 
+def efficiency_inputs(context: Context, cache: Any) -> tuple[Path, Path]:
+    """The images and labels files the efficiency workers read.
+
+    The workers read the cache's own ``images.npy`` when the cache is a whole memory-mapped file
+    (no copy); only an in-memory or view cache is saved beside it first.
+    """
+    from fracture_lib.cache import IMAGES_FILENAME
+
+    labels_file = context.cache_dir / "efficiency-labels.npy"
+    np.save(labels_file, cache.index["label"].to_numpy(dtype=np.float32))
+    cache_file = Path(cache.path) / IMAGES_FILENAME
+    if isinstance(cache.images, np.memmap) and cache_file.is_file() and len(cache.images) == len(cache.index):
+        return cache_file, labels_file
+    images_file = context.cache_dir / "efficiency-images.npy"
+    np.save(images_file, np.asarray(cache.images))
+    return images_file, labels_file
+
+
 def bench_efficiency(context: Context) -> dict[str, Any]:
     """Pipeline-fed over in-memory small_cnn training speed at 128 px, one fresh process per measurement.
 
@@ -170,9 +188,7 @@ def bench_efficiency(context: Context) -> dict[str, Any]:
     """
     plan, img_size = context.plan, context.plan.sizes[0]
     cache = context.caches[img_size]
-    images_file, labels_file = context.cache_dir / "efficiency-images.npy", context.cache_dir / "efficiency-labels.npy"
-    np.save(images_file, np.asarray(cache.images))
-    np.save(labels_file, cache.index["label"].to_numpy(dtype=np.float32))
+    images_file, labels_file = efficiency_inputs(context, cache)
     runs: dict[str, list[dict[str, Any]]] = {source: [] for source in SOURCES}
     for repeat in range(plan.efficiency_repeats):
         for source in (SOURCES if repeat % 2 == 0 else tuple(reversed(SOURCES))):
@@ -306,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     args = parser.parse_args(argv)
     try:
-        images, labels = np.load(Path(args.images)), np.load(Path(args.labels))
+        # The pipeline reads a memory map as training does; the in-memory source loads the images into RAM.
+        images = np.load(Path(args.images), mmap_mode="r" if args.source == "pipeline" else None)
+        labels = np.load(Path(args.labels))
         result = efficiency_worker(images, labels, args.source, args.batch_size, args.steps, args.epochs, args.seed)
     except (FractureLibError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,7 +14,9 @@ into a memory-mapped file (the disk space reserved first, so a full disk is an e
 not a crash half-way), then read back memory-mapped; a split (``ImageCache.select``) or a subset
 of a larger cache is an ``ImageRows`` view (the big array and row numbers), which the input
 pipeline gathers batch by batch. Nothing copies the images as a whole (MURA's 40,005 films at
-320 px are a 4.1 GB cache).
+320 px are a 4.1 GB cache). The batches are read from the file (``image_rows.gather_rows``), not
+through the mapping, so an epoch does not leave the whole cache counted in the training
+process's resident memory.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Images come from the memory-mapped ``uint8`` cache (``cache.build_cache``), so no file is
 decoded during training. The dataset walks over shuffled row numbers; each batch of rows is
-gathered from the NumPy array and augmented in one step: the MURA paper's random horizontal
+gathered (``image_rows.gather_rows``: read from the cache's file) and augmented in one step: the MURA paper's random horizontal
 flip and rotation up to 30 degrees (optionally zoom and shift, a random resized crop, and
 contrast, brightness and gamma changes), as one affine warp per image with OpenCV. Measured on this project's 2-core CPU, ``cv2.warpAffine`` costs about
 a sixth of the CPU time of TensorFlow's batched ``ImageProjectiveTransformV3`` (which Keras'
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from fracture_lib.errors import ParameterError
-from fracture_lib.image_rows import ImageRows, source_and_positions
+from fracture_lib.image_rows import ImageRows, gather_rows, source_and_positions
 
 
 @dataclass(frozen=True)
@@ -126,22 +126,24 @@ def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
     """Randomly flip, rotate, zoom, shift and change the grey levels of images; return float32 (B, S, S).
 
     ``images`` is a uint8 or float32 array ``(N, S, S)`` (or ``(N, S, S, 1)``); with ``rows``,
-    only those rows are augmented (a batch gathered without an extra copy). Pixels moved in from
-    outside the image are black, like the letterbox padding. The result stays in 0..255.
+    only those rows are read (``image_rows.gather_rows``: from the file, for the cache's memory
+    map) and augmented. Pixels moved in from outside the image are black, like the letterbox
+    padding. The result stays in 0..255.
     """
+    if rows is not None:
+        images = gather_rows(images, rows)
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[..., 0]
-    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     height, width = images.shape[1:3]
-    matrices, grey = random_transforms(len(rows), height, width, seed, settings)
+    matrices, grey = random_transforms(len(images), height, width, seed, settings)
     if settings.moves_pixels:
-        batch = np.empty((len(rows), height, width), dtype=images.dtype)
-        for position, row in enumerate(rows):
-            cv2.warpAffine(images[row], matrices[position], (width, height), dst=batch[position],
+        batch = np.empty((len(images), height, width), dtype=images.dtype)
+        for position, image in enumerate(images):
+            cv2.warpAffine(image, matrices[position], (width, height), dst=batch[position],
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     else:
-        batch = images[rows]
+        batch = images
     batch = batch.astype(np.float32)
     return _change_grey_levels(batch, grey, settings)
 
@@ -210,7 +212,7 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
     the same number of batches (a short last batch may leave a slice empty). Its augmentation
     draws from its own seed stream, and ``tf.distribute`` does not shard it again.
     """
-    if not isinstance(images, ImageRows):
+    if not isinstance(images, (ImageRows, np.ndarray)):
         images = np.asarray(images)
     _check_inputs(images, labels, batch_size, sample_weights)
     if mirror and training and augment is not None and augment.changes_pixels:
@@ -225,7 +227,7 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
         return positions if offsets is None else offsets[positions]
 
     def plain_batch(positions: np.ndarray) -> np.ndarray:
-        batch = source[source_rows(positions)]
+        batch = gather_rows(source, source_rows(positions))
         return np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
     augmenting = training and augment is not None and augment.changes_pixels
 

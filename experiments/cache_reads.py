@@ -64,6 +64,8 @@ def peak_rss_bytes() -> int:
 
 
 def main() -> int:
+    from fracture_lib import files
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=40005)
     parser.add_argument("--size", type=int, default=320)
@@ -105,9 +107,7 @@ def main() -> int:
                               for way, measured in runs.items()},
               "preadv_over_mapping_per_repeat": [round(ratio, 3) for ratio in ratios],
               "preadv_over_mapping_median": round(statistics.median(ratios), 3), "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    files.write_json_atomically(args.out, result)
     print(json.dumps({key: value for key, value in result.items() if key != "runs"}, indent=2))
     return 0
 

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fracture_lib import files
+from fracture_lib.image_rows import gather_rows
+
 HERE = Path(__file__).resolve().parent
 WAYS = ("mapping", "preadv")
 BATCH_SIZE = 32
@@ -35,8 +38,6 @@ BATCH_SIZE = 32
 
 def read_epoch(path: Path, way: str, seed: int) -> dict[str, float]:
     """Read every row of ``path`` once in shuffled batches; return rows/s and the peak RSS in GB."""
-    from fracture_lib.image_rows import gather_rows
-
     images = np.load(path, mmap_mode="r")
     order = np.random.default_rng(seed).permutation(len(images))
     checksum = 0
@@ -64,8 +65,6 @@ def peak_rss_bytes() -> int:
 
 
 def main() -> int:
-    from fracture_lib import files
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=40005)
     parser.add_argument("--size", type=int, default=320)

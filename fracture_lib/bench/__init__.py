@@ -36,7 +36,6 @@ load.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -46,11 +45,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from fracture_lib import config
 from fracture_lib.errors import ParameterError
-from fracture_lib.files import write_text_atomically
+from fracture_lib.files import write_json_atomically
 
 # The names callers have used since the benchmark was one module. The training and gpu modules
 # are imported where they are used, not here: `python -m fracture_lib.bench.training` (the
@@ -171,14 +168,7 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(results: dict[str, Any], out_path: str | os.PathLike[str]) -> Path:
     """Write the results as JSON: a temporary file in the same folder, renamed when complete."""
-    return write_text_atomically(out_path, json.dumps(results, indent=2, allow_nan=False, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    """JSON for NumPy scalars and paths."""
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    return str(value)
+    return write_json_atomically(out_path, results)
 
 
 def run_benchmarks(out_path: str | os.PathLike[str] | None = None, quick: bool = False,

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from fracture_lib import config, evaluation, runs, train
+from fracture_lib import config, datasets, evaluation, runs, train
 from fracture_lib.cache import build_cache
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +64,12 @@ CANDIDATES: dict[str, dict] = {
                  "patience": 20, "ema_momentum": 0.99, "tta": True},
     "pooled-aug-ema-clahe-256": {"img_size": 256, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",), "epochs": 20,
                                  "patience": 20, "ema_momentum": 0.99, "clahe": True},
+    # FracAtlas's fractures cover a median 14 x 16 px at 256 px: 320 px inputs, with fewer epochs to fit 15 minutes.
+    "pooled-aug-ema-320": {"img_size": 320, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",), "epochs": 14,
+                           "patience": 14, "ema_momentum": 0.99, "tta": True},
+    # The real-cpu recipe with box supervision: a training-only head learns FracAtlas's fracture outlines.
+    "real-cpu-boxes": {"img_size": 256, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",), "epochs": 20,
+                       "patience": 20, "ema_momentum": 0.99, "tta": True, "box_loss_weight": 1.0},
 }
 
 
@@ -88,6 +94,23 @@ def _val_aurocs(run_dir: Path, data: Path) -> tuple[float, float]:
     return float(roc_auc_score(labels, plain)), float(roc_auc_score(labels, flipped))
 
 
+def _all_parts_val_auroc(run_dir: Path, data: Path) -> float | None:
+    """Validation AUROC (flip-averaged) over every part's validation films, for a pooled run; else None.
+
+    A pooled model trains on every part, so its validation films of every part (398 on FracAtlas,
+    against the hand's 123) judge it with about half the noise; the hand figure stays the target's.
+    """
+    run = runs.load_run(run_dir)
+    if not run.config.get("pool_parts"):
+        return None
+    source = datasets.resolve_source(data)
+    index = datasets.build_index(source, seed=run.config["split_seed"])
+    cache = build_cache(index[index["split"] == "val"].reset_index(drop=True), source.root, run.preprocess,
+                        progress=False)
+    images, frame = cache.select("val")
+    return float(roc_auc_score(frame["label"].to_numpy(), train.predict_images(run.model, images, tta=True)))
+
+
 def train_candidate(name: str, part: str, data: Path, seed: int = config.DEFAULT_SEED) -> dict:
     """Train one candidate on ``part`` and log its validation AUROC and cost."""
     values = {"body_part": part, "data_dir": str(data), "run_name": f"{name}-seed{seed}", "seed": seed,
@@ -97,7 +120,7 @@ def train_candidate(name: str, part: str, data: Path, seed: int = config.DEFAULT
     minutes = (time.perf_counter() - started) / 60
     plain, flipped = _val_aurocs(result.run_dir, data)
     record = {"candidate": name, "part": part, "seed": seed, "values": CANDIDATES[name], "val_auroc": plain,
-              "val_auroc_tta": flipped, "best_epoch": (result.config["best_epoch"] or 0) + 1,
+              "val_auroc_tta": flipped, "val_auroc_all_parts_tta": _all_parts_val_auroc(result.run_dir, data), "best_epoch": (result.config["best_epoch"] or 0) + 1,
               "epochs_trained": result.config["epochs_trained"], "train_minutes": round(minutes, 2),
               "train_images": result.config["images"]["train"], "run_dir": str(result.run_dir),
               "finished": time.strftime("%Y-%m-%d %H:%M")}
@@ -181,8 +204,9 @@ def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
 def table() -> pd.DataFrame:
     """Every validation result so far, newest last."""
     rows = [json.loads(line) for line in (RESULTS_DIR / "fracatlas-val.jsonl").read_text().splitlines()]
-    frame = pd.DataFrame(rows).reindex(columns=["candidate", "part", "seed", "val_auroc", "val_auroc_tta", "best_epoch",
-                                                "epochs_trained", "train_minutes"])
+    frame = pd.DataFrame(rows).reindex(columns=["candidate", "part", "seed", "val_auroc", "val_auroc_tta",
+                                                "val_auroc_all_parts_tta", "best_epoch", "epochs_trained",
+                                                "train_minutes"])
     return frame.round(3)
 
 

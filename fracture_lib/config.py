@@ -63,6 +63,9 @@ DEFAULT_BODY_PARTS: tuple[str, ...] = ("elbow", "hand", "shoulder")
 # The target name of the body-part classifier (the "router"); its runs live in models/body_part/.
 BODY_PART_TARGET = "body_part"
 FRACTURE_TARGET = "fracture"
+# The inputs of a training model with box supervision (``box_supervision``), as the pipeline yields them.
+IMAGE_INPUT = "image"
+BOX_TARGET_INPUT = "box_target"
 
 # A body-part name as tables, folders and ``--parts`` spell it.
 BODY_PART_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")

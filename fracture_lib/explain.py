@@ -8,7 +8,7 @@ size, shows which regions pushed the decision.
 The pointing game asks whether the heatmap's peak falls inside a fracture's bounding box: the
 demo set's drawn fractures, or FracAtlas's outlines (``datasets.load_fracture_boxes``). Boxes are in pixels of the saved (original) image, heatmaps in the
 model's square input (``preprocess.preprocess_image``: aspect-preserving resize, then zero padding
-to a centred ``img_size`` square); ``box_to_model_coordinates`` maps one onto the other. The hit
+to a centred ``img_size`` square); ``boxes.box_to_model_coordinates`` maps one onto the other. The hit
 rate is reported beside the chance rate (the mean share of the square a box covers: the hit rate
 of a peak dropped uniformly at random).
 """
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_lib import preprocess
+from fracture_lib.boxes import box_mask, load_model_boxes
 from fracture_lib.datasets.table import BOX_COLUMNS
 from fracture_lib.errors import ParameterError
 
@@ -187,90 +188,12 @@ def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def box_to_model_coordinates(box: Sequence[float], original_shape: Sequence[int], img_size: int) -> tuple[float, float, float, float]:
-    """Map ``(x_min, y_min, x_max, y_max)`` from the saved image's pixels to the model's square.
-
-    Box values are positions in the saved image with pixel centres at whole numbers (as OpenCV
-    draws, and as ``fracture_boxes.csv`` records them). The result uses the model square's edge
-    coordinates (pixel ``c`` spans ``[c, c + 1)``), so pixel ``(row, col)`` is inside when
-    ``x_min <= col + 0.5 <= x_max`` and ``y_min <= row + 0.5 <= y_max`` (see ``box_mask``).
-    """
-    x_min, y_min, x_max, y_max = (float(value) for value in box)
-    if x_max < x_min or y_max < y_min:
-        raise ParameterError(f"box {tuple(box)} has its maximum below its minimum")
-    height, width = int(original_shape[0]), int(original_shape[1])
-    if height < 1 or width < 1 or img_size < 1:
-        raise ParameterError(f"bad image shape {tuple(original_shape)} or img_size {img_size}")
-    # The very geometry preprocess_image applies: one scale, then centred padding.
-    scale, top, left = preprocess.letterbox_geometry(height, width, img_size)
-    return (left + (x_min + 0.5) * scale, top + (y_min + 0.5) * scale,
-            left + (x_max + 0.5) * scale, top + (y_max + 0.5) * scale)
-
-
-def model_boxes(boxes: pd.DataFrame, shapes: dict[str, tuple[int, int]], img_size: int) -> pd.DataFrame:
-    """``boxes`` (``path`` + ``BOX_COLUMNS`` in original pixels) in model coordinates.
-
-    ``shapes`` maps each path to its original (H, W); rows whose path has no shape are dropped.
-    """
-    rows = []
-    for record in boxes.itertuples(index=False):
-        shape = shapes.get(record.path)
-        if shape is None:
-            continue
-        mapped = box_to_model_coordinates([getattr(record, name) for name in BOX_COLUMNS], shape, img_size)
-        rows.append({"path": record.path, **dict(zip(BOX_COLUMNS, mapped))})
-    return pd.DataFrame(rows, columns=["path", *BOX_COLUMNS])
-
-
-def load_model_boxes(data_root: str | os.PathLike[str], paths: Sequence[str], img_size: int) -> pd.DataFrame:
-    """The fracture boxes of ``paths`` (index paths), mapped to the model's square.
-
-    ``data_root`` is a data source (or its root): the demo set's ``fracture_boxes.csv`` or
-    FracAtlas's outlines (``datasets.load_fracture_boxes``), with each boxed image's size; an empty
-    frame when the data have no boxes (real MURA, manifests).
-    """
-    from fracture_lib import datasets
-
-    source = datasets.resolve_source(data_root)
-    root = source.root
-    boxes = datasets.load_fracture_boxes(source)
-    if boxes.empty:
-        return pd.DataFrame(columns=["path", *BOX_COLUMNS])
-    boxes = boxes[boxes["path"].isin(set(paths))]
-    shapes = {path: image_shape(root / path) for path in boxes["path"].unique()}
-    return model_boxes(boxes, shapes, img_size)
-
-
-def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(height, width)`` of an image file, read from its header (decoding it only as a fallback)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-        return int(height), int(width)
-    except (OSError, UnidentifiedImageError):
-        return preprocess.load_image(path).shape[:2]
-
-
 def point_in_box(point: tuple[int, int], box: Sequence[float], tolerance: float = 0.0) -> bool:
     """True when pixel ``(row, col)``'s centre lies in the box, widened by ``tolerance`` pixels."""
     row, column = point
     x_min, y_min, x_max, y_max = box
     return (x_min - tolerance <= column + 0.5 <= x_max + tolerance
             and y_min - tolerance <= row + 0.5 <= y_max + tolerance)
-
-
-def box_mask(boxes: Sequence[Sequence[float]] | np.ndarray, shape: tuple[int, int], tolerance: float = 0.0) -> np.ndarray:
-    """Boolean (H, W) mask of the pixels whose centre lies in any of ``boxes`` (model coordinates)."""
-    box_array = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    row_centres = np.arange(shape[0])[:, None] + 0.5
-    column_centres = np.arange(shape[1])[None, :] + 0.5
-    mask = np.zeros(shape, dtype=bool)
-    for x_min, y_min, x_max, y_max in box_array:
-        mask |= ((column_centres >= x_min - tolerance) & (column_centres <= x_max + tolerance)
-                 & (row_centres >= y_min - tolerance) & (row_centres <= y_max + tolerance))
-    return mask
 
 
 def pointing_game(heatmaps: np.ndarray, boxes: Sequence, tolerance: float = 0.0) -> dict[str, float]:

@@ -64,6 +64,7 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "jit_compile": (bool,),
     "augment_on": (str,),
     "lr_scaling": (str,),
+    "box_loss_weight": NUMBER,
     "run_name": (str,),
     "aggregation": (str,),
     "threshold_method": (str,),
@@ -74,7 +75,7 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 RECIPE_PARAMETERS = ("split_seed", "clahe", "optimizer", "weight_decay", "schedule", "warmup_epochs", "patience",
                      "ema_momentum", "loss", "focal_gamma", "dropout_rate", "flip", "rotation_degrees", "zoom",
                      "translate", "brightness", "contrast", "gamma", "pool_parts", "tta", "precision", "jit_compile",
-                     "augment_on", "lr_scaling")
+                     "augment_on", "lr_scaling", "box_loss_weight")
 # Parameters that become TrainConfig values of the same name.
 TRAINING_PARAMETERS = ("arch", "weights", "img_size", "epochs", "batch_size", "learning_rate", "seed", "run_name",
                        *RECIPE_PARAMETERS)

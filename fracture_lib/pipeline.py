@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from fracture_lib import config
+from fracture_lib.boxes import BoxTargets
 from fracture_lib.errors import ParameterError
 from fracture_lib.image_rows import ImageRows, gather_rows, source_and_positions
 
@@ -194,7 +196,7 @@ def _check_inputs(images: np.ndarray, labels: Any, batch_size: int, sample_weigh
 def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = None, batch_size: int = 32,
                  training: bool = False, augment: AugmentSettings | None = None, seed: int = 42,
                  sample_weights: np.ndarray | None = None, mirror: bool = False,
-                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 shard: tuple[int, int] | None = None, box_targets: BoxTargets | None = None) -> tf.data.Dataset:
     """Return a batched, prefetched dataset of ``float32 (B, S, S, 1)`` images in 0..255.
 
     ``images`` is a uint8 array ``(N, S, S)`` or an ``ImageRows`` view of the cache (a split),
@@ -211,10 +213,16 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
     is gathered or augmented: the workers see disjoint rows that cover the data, and all of them
     the same number of batches (a short last batch may leave a slice empty). Its augmentation
     draws from its own seed stream, and ``tf.distribute`` does not shard it again.
+
+    ``box_targets`` (box supervision, see ``box_supervision``) makes the images a dictionary: the
+    images under ``config.IMAGE_INPUT`` and each image's grid target under ``config.BOX_TARGET_INPUT``,
+    its boxes moved by the same flip, rotation, zoom and shift as the image.
     """
     if not isinstance(images, (ImageRows, np.ndarray)):
         images = np.asarray(images)
     _check_inputs(images, labels, batch_size, sample_weights)
+    if box_targets is not None and len(box_targets) != len(images):
+        raise ParameterError(f"box_targets has {len(box_targets)} entries but there are {len(images)} images")
     if mirror and training and augment is not None and augment.changes_pixels:
         # Augmented batches are drawn fresh and already flipped at random; a mirror would be ignored.
         raise ParameterError("mirror=True is test-time augmentation: use it without training augmentation "
@@ -257,8 +265,22 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
         batch.set_shape([None, *size])
         return tf.cast(batch, tf.float32)[..., tf.newaxis]
 
+    def targets(batch_rows: tf.Tensor, batch_seed: tf.Tensor | None) -> tf.Tensor:
+        def grid_targets(positions: np.ndarray, pair: np.ndarray | None = None) -> np.ndarray:
+            # The same seed and count give augment_images' matrices again, so the boxes move with the image.
+            matrices = None if pair is None or not augment.moves_pixels else \
+                random_transforms(len(positions), size[0], size[1], pair, augment)[0]
+            return box_targets.batch(positions, matrices)
+
+        arguments = [batch_rows] if batch_seed is None else [batch_rows, batch_seed]
+        grid = tf.numpy_function(grid_targets, arguments, tf.float32, stateful=False)
+        grid.set_shape([None, *box_targets.grid, 2])
+        return grid
+
     def assemble(batch_rows: tf.Tensor, batch_seed: tf.Tensor | None = None) -> Any:
         batch = gather(batch_rows, batch_seed)
+        if box_targets is not None:
+            batch = {config.IMAGE_INPUT: batch, config.BOX_TARGET_INPUT: targets(batch_rows, batch_seed)}
         if label_tensor is None:
             return batch
         outputs = (batch, tf.gather(label_tensor, batch_rows))

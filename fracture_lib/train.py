@@ -32,7 +32,8 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import config, datasets, device_augment, distribute, outliers, recipe, resume, synthetic
+from fracture_lib import box_supervision, config, datasets, device_augment, distribute, outliers, recipe, resume, synthetic
+from fracture_lib.boxes import BoxTargets
 from fracture_lib.files import replace_path
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
@@ -85,6 +86,7 @@ class TrainConfig:
     jit_compile: bool = False  # compile the training step with XLA
     augment_on: str = "cpu"  # cpu (OpenCV in tf.data) or device (in the training step, see fracture_lib.device_augment)
     lr_scaling: str = "linear"  # linear: learning_rate is one replica's, times the replicas; none: unchanged
+    box_loss_weight: float = 0.0  # > 0: a training-only head learns the fracture boxes (see fracture_lib.box_supervision)
 
     def validate(self) -> None:
         """Raise ``ParameterError`` for any value that cannot work."""
@@ -129,7 +131,19 @@ class TrainConfig:
         distribute.check_settings(self.precision, self.jit_compile, self.lr_scaling)
         if self.augment_on not in device_augment.PLACES:
             raise ParameterError(f"augment_on={self.augment_on!r} is unknown: choose {' or '.join(device_augment.PLACES)}")
+        self._check_box_loss_weight()
         self.preprocess_settings()
+
+    def _check_box_loss_weight(self) -> None:
+        """Box supervision needs a number, a fracture model, and augmentation in the pipeline (where boxes move too)."""
+        value = self.box_loss_weight
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 100.0:
+            raise ParameterError(f"box_loss_weight={value!r} must be a number in [0, 100), e.g. 1.0 (0: off)")
+        if value > 0 and self.target != config.FRACTURE_TARGET:
+            raise ParameterError("box_loss_weight applies to fracture models: train the body-part classifier with 0")
+        if value > 0 and self.augment_on != "cpu":
+            raise ParameterError("box_loss_weight needs augment_on=cpu: the boxes are moved with the image in the "
+                                 "input pipeline")
 
     @property
     def name(self) -> str:
@@ -355,15 +369,6 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     # With augment_on=device the pipeline only shuffles; the training step augments (device_augment).
     pipeline_augment = train_config.augment_settings() if train_config.augment_on == "cpu" else None
     train_weights, val_weights = _sample_weights(train_targets, class_weights), _sample_weights(val_targets, class_weights)
-    # Under MultiWorkerMirroredStrategy each worker reads and augments only its slice of every batch.
-    train_data = distribute.worker_datasets(
-        strategy, lambda shard: make_dataset(train_images, train_targets, global_batch, training=True,
-                                             augment=pipeline_augment, seed=train_config.seed,
-                                             sample_weights=train_weights, shard=shard), train_config.batch_size)
-    # Validation images carry the same class weights, so the two loss curves are comparable.
-    val_data = distribute.worker_datasets(
-        strategy, lambda shard: make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights,
-                                             shard=shard), train_config.batch_size)
 
     num_classes = 1 if train_config.target == config.FRACTURE_TARGET else len(train_config.parts)
     learning_rate = distribute.scaled_learning_rate(train_config.learning_rate, replicas, train_config.lr_scaling)
@@ -374,15 +379,29 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
             # What fit trains: the model, or the augmentation layer then the model (sharing its weights).
             fitted = model if pipeline_augment is not None else device_augment.training_model(
                 model, train_config.augment_settings(), seed=train_config.seed)
+            if train_config.box_loss_weight > 0:
+                fitted = box_supervision.training_model(model, train_config.box_loss_weight, seed=train_config.seed)
         if replicas > 1:
             distribute.synchronize_batch_normalization(model)
         _compile(fitted, train_config, steps_per_epoch=int(np.ceil(len(train_images) / global_batch)),
                  learning_rate=learning_rate)
 
+    train_boxes, val_boxes = _box_targets(train_config, model, source, train_frame, len(val_images))
+    # Under MultiWorkerMirroredStrategy each worker reads and augments only its slice of every batch.
+    train_data = distribute.worker_datasets(
+        strategy, lambda shard: make_dataset(train_images, train_targets, global_batch, training=True,
+                                             augment=pipeline_augment, seed=train_config.seed,
+                                             sample_weights=train_weights, shard=shard, box_targets=train_boxes),
+        train_config.batch_size)
+    # Validation images carry the same class weights, so the two loss curves are comparable.
+    val_data = distribute.worker_datasets(
+        strategy, lambda shard: make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights,
+                                             shard=shard, box_targets=val_boxes), train_config.batch_size)
+
     monitor = _monitor(train_config)
     earlier_best = resume.prepare_work_dir(work_dir, settings, monitor, resume=resuming)
     callbacks = [*_callbacks(train_config, work_dir, earlier_best), *extra_callbacks]
-    first_batch = make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights)
+    first_batch = make_dataset(val_images, val_targets, global_batch, sample_weights=val_weights, box_targets=val_boxes)
     with distribute.distributed_fit_fixes(fitted, strategy, first_batch):
         # The tf.data pipeline shuffles every epoch; Keras's own shuffle does not apply to a Dataset.
         fitted.fit(train_data, validation_data=val_data, epochs=train_config.epochs, callbacks=callbacks,
@@ -425,6 +444,19 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         final_dir = work_dir
     return TrainResult(final_dir, history, {str(key): value for key, value in class_weights.items()},
                        best_metrics, seconds, run_config)
+
+
+def _box_targets(train_config: TrainConfig, model: keras.Model, source: datasets.DataSource, train_frame: pd.DataFrame,
+                 val_count: int) -> tuple[BoxTargets | None, BoxTargets | None]:
+    """The box targets of the training images, and the empty ones of validation; None without box supervision.
+
+    Validation teaches nothing about boxes (every target unknown), so ``val_loss`` stays the
+    classifier's loss alone, as without box supervision.
+    """
+    if train_config.box_loss_weight <= 0:
+        return None, None
+    train_boxes = box_supervision.training_targets(train_frame, source, model, train_config.img_size)
+    return train_boxes, BoxTargets.unknown(val_count, train_config.img_size, train_boxes.grid)
 
 
 def _callbacks(train_config: TrainConfig, work_dir: Path, earlier_best: float | None) -> list[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fracture_lib import explain
+from fracture_lib import boxes, explain
 from fracture_lib.errors import ParameterError
 
 SIZE = 16
@@ -111,13 +111,13 @@ def test_overlay_is_rgb_uint8_and_shows_the_heat() -> None:
 def test_box_mapping_follows_the_letterbox() -> None:
     # A 100 x 50 (H x W) image in a 64 square: scale 0.64, 32 columns wide, 16 columns of padding left.
     # Pixel centres sit at whole numbers in the saved image and at c + 0.5 in the model's square.
-    mapped = explain.box_to_model_coordinates((10, 20, 19, 39), (100, 50), 64)
+    mapped = boxes.box_to_model_coordinates((10, 20, 19, 39), (100, 50), 64)
     assert mapped == pytest.approx((16 + 10.5 * 0.64, 20.5 * 0.64, 16 + 19.5 * 0.64, 39.5 * 0.64))
     # A wide image is padded at the top instead; its corner pixels' centres map to the corners' centres.
-    assert explain.box_to_model_coordinates((0, 0, 99, 49), (50, 100), 64) == pytest.approx(
+    assert boxes.box_to_model_coordinates((0, 0, 99, 49), (50, 100), 64) == pytest.approx(
         (0.32, 16.32, 63.68, 47.68))
     with pytest.raises(ParameterError):
-        explain.box_to_model_coordinates((10, 5, 2, 6), (100, 50), 64)
+        boxes.box_to_model_coordinates((10, 5, 2, 6), (100, 50), 64)
 
 
 @pytest.mark.parametrize("shape", [(120, 70), (60, 150), (97, 97)])
@@ -128,7 +128,7 @@ def test_mapped_box_covers_the_same_pixels_after_preprocessing(shape) -> None:
     image = np.zeros(shape, np.uint8)
     image[box[1]:box[3] + 1, box[0]:box[2] + 1] = 255
     square = preprocess_image(image, PreprocessSettings(img_size=48))
-    mask = explain.box_mask(explain.box_to_model_coordinates(box, shape, 48), square.shape)
+    mask = boxes.box_mask(boxes.box_to_model_coordinates(box, shape, 48), square.shape)
     # Inside the mapped box the bright rectangle dominates; outside, the image stays dark.
     assert square[mask].mean() > 200
     assert square[~mask].max() < 200 and mask.sum() > 0
@@ -212,7 +212,9 @@ def test_gradcam_peak_finds_demo_fractures_more_often_than_chance(tmp_path) -> N
     cache = image_cache.build_cache(datasets.build_index(data_root, seed=0), data_root, settings,
                                     cache_dir=tmp_path / "cache", progress=False)
     boxes = explain.load_model_boxes(data_root, cache.index["path"].tolist(), settings.img_size)
-    patches, labels = fracture_patches(cache, boxes, patch=48, positives_per_image=4, negatives_per_image=3, seed=0)
+    # Eight patches around each fracture: with four, the packages installed on 2026-12-06 (OpenCV 5.1,
+    # Keras 3.15) gave a model whose peaks hit 3.3x chance, not 5x; with eight, 12x (10x held out).
+    patches, labels = fracture_patches(cache, boxes, patch=48, positives_per_image=8, negatives_per_image=3, seed=0)
     patch_model = models.build_model("small_cnn", 48, seed=0)
     patch_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     patch_model.fit(pipeline.make_dataset(patches, labels, batch_size=32, training=True,

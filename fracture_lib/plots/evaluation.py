@@ -145,7 +145,7 @@ def plot_gradcam_gallery(overlays: Sequence[np.ndarray], outcomes: Sequence[str]
 
     ``overlays`` are RGB uint8 images; ``outcomes`` says each one's row; ``captions`` go under
     the images. ``boxes`` (per image: one or several x_min, y_min, x_max, y_max in model
-    coordinates, see ``explain.box_to_model_coordinates``, or None) are drawn in white; ``peaks``
+    coordinates, see ``boxes.box_to_model_coordinates``, or None) are drawn in white; ``peaks``
     (row, col) as a cross: the synthetic fracture and the heatmap's maximum.
     """
     items_by_outcome = {name: [] for name in OUTCOMES}

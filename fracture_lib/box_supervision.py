@@ -9,7 +9,9 @@ teach on their own (see docs/real-data.md: the pointing game of the default reci
 
 The head exists only in the training model (``training_model``). The model that is saved,
 evaluated and used by ``predict`` is the plain classifier, whose layers the training model shares,
-so runs with and without box supervision load, score and explain the same way.
+so runs with and without box supervision load, score and explain the same way. A model built with
+the cell head (``models.HEADS``: the image's score is its most suspicious cell's) needs no extra
+head: the box loss trains the very map its prediction is the maximum of.
 
 The loss of one image is balanced between its cells: the mean binary cross-entropy over its box
 cells and over its other cells, averaged (an image labelled normal has only the latter). Images
@@ -27,7 +29,7 @@ import pandas as pd
 
 from fracture_lib import boxes, config
 from fracture_lib.errors import FractureLibError
-from fracture_lib.models import last_conv_layer_name
+from fracture_lib.models import CELL_MAP_LAYER, last_conv_layer_name
 
 
 def feature_grid(model: keras.Model) -> tuple[int, int]:
@@ -86,14 +88,21 @@ def box_loss(target: Any, map_logits: Any) -> Any:
 def training_model(model: keras.Model, box_loss_weight: float, seed: int) -> keras.Model:
     """The model ``fit`` trains: ``model`` plus the box head and its loss, sharing ``model``'s layers.
 
+    A model with the cell head has its own map of cell scores, which the box loss then trains; any
+    other gets a training-only 1 x 1 convolution on its last convolutional layer.
+
     Its inputs are a dictionary (``config.IMAGE_INPUT``: the images, ``config.BOX_TARGET_INPUT``: the box
     targets, as ``pipeline.make_dataset`` yields them with ``box_targets``);
     its output is ``model``'s probability, so metrics and the classifier's loss are unchanged.
     """
-    features = model.get_layer(last_conv_layer_name(model)).output
     rows, columns = feature_grid(model)
     target = keras.Input(shape=(rows, columns, 2), name=config.BOX_TARGET_INPUT)
-    map_logits = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 200),
-                                     dtype="float32", name="fracture_map")(features)
+    if CELL_MAP_LAYER in {layer.name for layer in model.layers}:
+        # The cell head (models.HEADS) scores the cells already: the boxes train the map the prediction comes from.
+        map_logits = model.get_layer(CELL_MAP_LAYER).output
+    else:
+        features = model.get_layer(last_conv_layer_name(model)).output
+        map_logits = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 200),
+                                         dtype="float32", name=CELL_MAP_LAYER)(features)
     probability = BoxLoss(box_loss_weight, name="box_loss")(model.output, map_logits, target)
     return keras.Model({config.IMAGE_INPUT: model.input, config.BOX_TARGET_INPUT: target}, probability, name=f"{model.name}_boxes")

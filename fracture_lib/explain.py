@@ -105,7 +105,7 @@ def gradcam(model, images: np.ndarray, layer_name: str | None = None, class_inde
 
 
 def _scoring_layer(model):
-    """The output Dense layer when it ends in a sigmoid or softmax, else None.
+    """The output layer (Dense, or a bare activation) when it ends in a sigmoid or softmax, else None.
 
     Grad-CAM follows the class score *before* that activation (as in the Grad-CAM paper): a
     saturated probability has vanishing gradients and would give empty maps.
@@ -114,16 +114,20 @@ def _scoring_layer(model):
 
     layer = model.layers[-1]
     activation = getattr(getattr(layer, "activation", None), "__name__", "")
-    if isinstance(layer, keras.layers.Dense) and activation in ("sigmoid", "softmax"):
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Activation)) and activation in ("sigmoid", "softmax"):
         return layer
     return None
 
 
 def _logits(output_layer, last_values):
-    """The output layer's pre-activation values (or the model output when there is no such layer)."""
+    """The output layer's pre-activation values (or the model output when there is no such layer).
+
+    A bare sigmoid layer (the cell head's, ``models.HEADS``) receives the logit itself.
+    """
+    import keras
     from keras import ops
 
-    if output_layer is None:
+    if output_layer is None or isinstance(output_layer, keras.layers.Activation):
         return last_values
     logits = ops.matmul(last_values, output_layer.kernel)
     return logits + output_layer.bias if output_layer.use_bias else logits

@@ -50,6 +50,12 @@ COMPACT_ARCHITECTURES = ("small_cnn", "resnet_small")
 # is a detector that fires on a small finding, and dropping detectors at random slowed small_cnn's
 # training several-fold on the demo data; the wide backbones use the common 0.3.
 DEFAULT_DROPOUT_RATE = {arch: (0.0 if arch in COMPACT_ARCHITECTURES else 0.3) for arch in ARCHITECTURES}
+# How a fracture model turns the last convolutional layer into one probability: "pooled" pools the
+# features over the image, then one dense unit scores them; "cells" scores every cell of the layer
+# with one 1 x 1 convolution (the map ``box_supervision`` trains on fracture boxes) and the image's
+# score is its highest cell's, so a film is as abnormal as its most suspicious region.
+HEADS = ("pooled", "cells")
+CELL_MAP_LAYER = "fracture_map"
 MINIMUM_SIZE = {"small_cnn": 16, "resnet_small": 32, "densenet169": 32, "densenet121": 32, "resnet50": 32,
                 "efficientnetb0": 32, "mobilenetv2": 32}
 
@@ -226,7 +232,7 @@ def check_architecture(arch: str, img_size: int, weights: str | os.PathLike[str]
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
-                dropout_rate: float | None = None, seed: int = 42) -> keras.Model:
+                dropout_rate: float | None = None, seed: int = 42, head: str = "pooled") -> keras.Model:
     """Build a functional model from grey ``(img_size, img_size, 1)`` images in 0..255.
 
     ``num_classes == 1`` gives one sigmoid unit (fracture probability); more gives a softmax
@@ -234,8 +240,10 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     ``.weights.h5`` file, or a backbone's notop ``.h5`` file. ``dropout_rate=None`` takes the
     architecture's default (``DEFAULT_DROPOUT_RATE``). The layers take the global dtype policy
     (see ``distribute.precision_policy`` for mixed precision) except the output layer, always float32.
+    ``head`` is one of ``HEADS`` ("cells" for a single sigmoid unit only).
     """
     check_architecture(arch, img_size, weights)
+    check_head(head, num_classes)
     if not _is_integer(num_classes) or num_classes < 1:
         raise ParameterError(f"num_classes={num_classes!r}: use 1 (sigmoid) or 2 and more (softmax)")
     if dropout_rate is None:
@@ -263,6 +271,10 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
                 raise _imagenet_error(arch, img_size, error) from None
             raise _weights_file_error(backbone_weights, f"the notop ImageNet weights file of {arch}", error) from None
         features = backbone.output
+    head_initializer = keras.initializers.GlorotUniform(seed=seed + 100)
+    if head == "cells":
+        outputs = _cell_head(features, dropout_rate, seed, head_initializer)
+        return _finish(keras.Model(images, outputs, name=arch), whole_model_weights, arch, img_size, num_classes)
     if arch in COMPACT_ARCHITECTURES:
         # A fracture is a small, local finding: max pooling keeps the strongest response instead of
         # averaging it away over the whole radiograph, which makes the compact net learn far faster.
@@ -270,7 +282,6 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     pooled = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(pooled)
-    head_initializer = keras.initializers.GlorotUniform(seed=seed + 100)
     # The output layer stays float32 under a mixed-precision policy, so probabilities and the loss are float32.
     if num_classes == 1:
         outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=head_initializer,
@@ -278,7 +289,29 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=head_initializer,
                                      dtype="float32", name="body_part_probabilities")(pooled)
-    model = keras.Model(images, outputs, name=arch)
+    return _finish(keras.Model(images, outputs, name=arch), whole_model_weights, arch, img_size, num_classes)
+
+
+def check_head(head: str, num_classes: int = 1) -> None:
+    """Raise ``ParameterError`` for an unknown head, or the cell head on a classifier of several classes."""
+    if head not in HEADS:
+        raise ParameterError(f"head={head!r} is unknown: choose {' or '.join(HEADS)}")
+    if head == "cells" and num_classes != 1:
+        raise ParameterError("head=cells scores fractures (one sigmoid unit): the body-part classifier uses head=pooled")
+
+
+def _cell_head(features: Any, dropout_rate: float, seed: int, initializer: Any) -> Any:
+    """One logit per cell of the last convolutional layer (``fracture_map``); the image's is the highest."""
+    features = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(features)
+    cell_logits = keras.layers.Conv2D(1, 1, kernel_initializer=initializer, dtype="float32",
+                                      name="fracture_map")(features)
+    image_logit = keras.layers.GlobalMaxPooling2D(dtype="float32", name="cell_max")(cell_logits)
+    return keras.layers.Activation("sigmoid", dtype="float32", name="fracture_probability")(image_logit)
+
+
+def _finish(model: keras.Model, whole_model_weights: str | None, arch: str, img_size: int,
+            num_classes: int) -> keras.Model:
+    """Load a whole-model weights file into ``model`` when one was given; return the model."""
     if whole_model_weights is not None:
         try:
             model.load_weights(whole_model_weights)
@@ -293,7 +326,8 @@ def last_conv_layer_name(model: keras.Model) -> str:
     names = [layer.name for layer in model.layers]
     if "last_conv" in names:
         return "last_conv"
-    stop = names.index("pool") if "pool" in names else len(names)
+    # The head starts at the pooling (pooled head) or the dropout before the cell scores (cell head).
+    stop = min([names.index(name) for name in ("pool", "dropout") if name in names], default=len(names))
     for layer in reversed(model.layers[:stop]):
         shape = getattr(layer, "output", None)
         if shape is not None and len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer):

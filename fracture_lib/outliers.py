@@ -86,10 +86,21 @@ class OutlierRule:
 
 
 def feature_model(model: Any) -> Any:
-    """A model with two outputs: the pooled features and the run's own output."""
+    """A model with two outputs: the pooled features and the run's own output.
+
+    A model with the cell head (``models.HEADS``) has no pooling layer: its last convolutional
+    layer is max-pooled here, as the compact networks' pooled head does.
+    """
     import keras
 
-    return keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output, model.output])
+    from fracture_lib.models import last_conv_layer_name
+
+    names = {layer.name for layer in model.layers}
+    if FEATURE_LAYER in names:
+        features = model.get_layer(FEATURE_LAYER).output
+    else:
+        features = keras.layers.GlobalMaxPooling2D()(model.get_layer(last_conv_layer_name(model)).output)
+    return keras.Model(model.input, [features, model.output])
 
 
 def image_features(model: Any, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

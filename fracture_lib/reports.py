@@ -52,8 +52,9 @@ def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = No
     parts = list(parameters["body_parts"])
     common = {key.upper(): value for key, value in parameters.items()}
     recipe = parameter_files.recipe(parameters)
-    # The classifier learns body parts: no pooling of fracture films, and no focal loss (binary only).
-    router_recipe = {**recipe, "pool_parts": [], "loss": "bce"}
+    # The classifier learns body parts: no pooling of fracture films, no focal loss (binary only), no
+    # fracture boxes and the pooled head (the cell head scores fractures).
+    router_recipe = {**recipe, "pool_parts": [], "loss": "bce", "box_loss_weight": 0.0, "head": "pooled"}
     jobs = [
         ReportJob("01_data_exploration", "01_data_exploration", "Data exploration", dict(common)),
         ReportJob("02_preprocessing", "02_preprocessing", "Preprocessing and input pipeline", dict(common)),

@@ -36,7 +36,7 @@ from fracture_lib import box_supervision, config, datasets, device_augment, dist
 from fracture_lib.boxes import BoxTargets
 from fracture_lib.files import replace_path
 from fracture_lib.errors import FractureLibError, ParameterError
-from fracture_lib.models import build_model, check_architecture, last_conv_layer_name
+from fracture_lib.models import build_model, check_architecture, check_head, last_conv_layer_name
 from fracture_lib.pipeline import AugmentSettings, make_dataset
 from fracture_lib.cache import build_cache
 from fracture_lib.image_rows import ImageRows
@@ -87,6 +87,7 @@ class TrainConfig:
     augment_on: str = "cpu"  # cpu (OpenCV in tf.data) or device (in the training step, see fracture_lib.device_augment)
     lr_scaling: str = "linear"  # linear: learning_rate is one replica's, times the replicas; none: unchanged
     box_loss_weight: float = 0.0  # > 0: a training-only head learns the fracture boxes (see fracture_lib.box_supervision)
+    head: str = "pooled"  # pooled (features pooled, one dense unit) or cells (the highest cell score; models.HEADS)
 
     def validate(self) -> None:
         """Raise ``ParameterError`` for any value that cannot work."""
@@ -127,6 +128,7 @@ class TrainConfig:
         if self.weights in ("", "None", "none", "null"):
             self.weights = None
         check_architecture(self.arch, self.img_size, self.weights)
+        check_head(self.head, 1 if self.target == config.FRACTURE_TARGET else len(self.parts))
         self.augment_settings()  # validates the augmentation values
         distribute.check_settings(self.precision, self.jit_compile, self.lr_scaling)
         if self.augment_on not in device_augment.PLACES:
@@ -375,7 +377,8 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     with strategy.scope():
         with distribute.precision_policy(train_config.precision):
             model = build_model(train_config.arch, train_config.img_size, weights=train_config.weights,
-                                num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed)
+                                num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed,
+                                head=train_config.head)
             # What fit trains: the model, or the augmentation layer then the model (sharing its weights).
             fitted = model if pipeline_augment is not None else device_augment.training_model(
                 model, train_config.augment_settings(), seed=train_config.seed)

@@ -159,3 +159,39 @@ def test_box_loss_weight_is_checked(tiny_demo_root: Path, tmp_path: Path) -> Non
     (no_boxes / config.MURA_DIRNAME / "fracture_boxes.csv").unlink()
     with pytest.raises(FractureLibError, match="needs fracture outlines.*box_loss_weight=0"):
         train_model(_tiny(no_boxes, box_loss_weight=1.0), models_dir=tmp_path, verbose=0)
+
+
+def test_the_cell_head_scores_an_image_by_its_highest_cell() -> None:
+    keras.backend.clear_session()
+    model = build_model("small_cnn", 64, seed=0, head="cells")
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64)).astype(np.float32)[..., None]
+    cell_logits = keras.Model(model.input, model.get_layer("fracture_map").output).predict(images, verbose=0)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (3, 1)
+    np.testing.assert_allclose(probabilities[:, 0], 1 / (1 + np.exp(-cell_logits.reshape(3, -1).max(axis=1))),
+                               rtol=1e-5)
+    from fracture_lib import explain, outliers
+    from fracture_lib.models import last_conv_layer_name
+
+    # Grad-CAM, the feature distance of predict's unfamiliar-input check, and the backbones still work.
+    assert last_conv_layer_name(model) == "last_conv"
+    assert explain.gradcam(model, images[..., 0]).shape == (3, 64, 64)
+    features, outputs = outliers.image_features(model, images[..., 0].astype(np.uint8))
+    assert features.shape == (3, 96) and outputs.shape == (3, 1)
+    backbone = build_model("mobilenetv2", 64, seed=0, head="cells")
+    assert last_conv_layer_name(backbone) not in ("fracture_map", "dropout", "cell_max")
+    for head, classes, message in (("attention", 1, "head='attention'"), ("cells", 3, "body-part classifier")):
+        with pytest.raises(ParameterError, match=message):
+            build_model("small_cnn", 64, num_classes=classes, head=head)
+
+
+def test_boxes_train_the_cell_heads_own_map(tiny_demo_root: Path, tmp_path: Path) -> None:
+    keras.backend.clear_session()
+    model = build_model("small_cnn", 32, seed=0, head="cells")
+    trainer = box_supervision.training_model(model, box_loss_weight=1.0, seed=0)
+    assert [layer.name for layer in trainer.layers].count("fracture_map") == 1
+    assert trainer.get_layer("fracture_map") is model.get_layer("fracture_map")
+    result = train_model(_tiny(tiny_demo_root, run_name="cells", head="cells", box_loss_weight=1.0),
+                         models_dir=tmp_path, verbose=0)
+    saved = load_run(result.run_dir)
+    assert saved.config["head"] == "cells" and "fracture_map" in [layer.name for layer in saved.model.layers]

@@ -51,6 +51,10 @@ def test_architecture_builds_and_predicts(arch: str) -> None:
     assert model.get_layer("dropout").rate == (0.0 if compact else 0.3)
     # Only colour backbones repeat grey to three channels.
     assert ("grey_to_rgb" in [item.name for item in model.layers]) == (not compact)
+    # Trained from random weights, every batch norm forgets its starting statistics within tens of
+    # steps (Keras' backbones come with 0.99, MobileNetV2 with 0.999).
+    norms = [item for item in model.layers if isinstance(item, keras.layers.BatchNormalization)]
+    assert norms and {item.momentum for item in norms} == {models.FROM_SCRATCH_BATCH_NORM_MOMENTUM}
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])

@@ -27,9 +27,13 @@ from typing import Any
 import keras
 import pandas as pd
 
-from fracture_lib import boxes, config
+from fracture_lib import boxes, config, datasets
 from fracture_lib.errors import FractureLibError
 from fracture_lib.models import CELL_MAP_LAYER, last_conv_layer_name
+
+
+_NO_BOXES = ("box_loss_weight needs fracture outlines, and none of the training images in {location} has one "
+             "(FracAtlas and the demo set have them; MURA does not): set box_loss_weight=0")
 
 
 def feature_grid(model: keras.Model) -> tuple[int, int]:
@@ -38,15 +42,19 @@ def feature_grid(model: keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
+def check_source_has_boxes(source: "datasets.DataSource") -> None:
+    """Raise ``FractureLibError`` when a data source has no fracture boxes at all (real MURA, manifests)."""
+    if datasets.load_fracture_boxes(source).empty:
+        raise FractureLibError(_NO_BOXES.format(location=source.location))
+
+
 def training_targets(frame: pd.DataFrame, data_root: str | os.PathLike[str], model: keras.Model,
                      img_size: int) -> boxes.BoxTargets:
     """Box targets of the training images in ``frame``; an error when the data have no fracture boxes."""
     image_boxes = boxes.load_model_boxes(data_root, frame["path"].tolist(), img_size)
     targets = boxes.BoxTargets.from_frame(frame, image_boxes, img_size, feature_grid(model))
     if targets.positive_images == 0:
-        raise FractureLibError(f"box_loss_weight needs fracture outlines, and none of the training images in "
-                               f"{data_root} has one (FracAtlas and the demo set have them; MURA does not): "
-                               "set box_loss_weight=0")
+        raise FractureLibError(_NO_BOXES.format(location=data_root))
     return targets
 
 

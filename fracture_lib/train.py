@@ -351,6 +351,9 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     strategy = distribute.choose_strategy()
     keras.utils.set_random_seed(train_config.seed)
     source, subset = training_index(train_config)
+    if train_config.box_loss_weight > 0:
+        # Data without any fracture box are refused before their images are cached.
+        box_supervision.check_source_has_boxes(source)
     # The global batch is split over the replicas: each one sees `batch_size` images per step.
     replicas = strategy.num_replicas_in_sync
     global_batch = train_config.batch_size * replicas

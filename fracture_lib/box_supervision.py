@@ -42,19 +42,19 @@ def feature_grid(model: keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def check_source_has_boxes(source: "datasets.DataSource") -> None:
+def check_source_has_boxes(source: datasets.DataSource) -> None:
     """Raise ``FractureLibError`` when a data source has no fracture boxes at all (real MURA, manifests)."""
     if datasets.load_fracture_boxes(source).empty:
         raise FractureLibError(_NO_BOXES.format(location=source.location))
 
 
-def training_targets(frame: pd.DataFrame, data_root: str | os.PathLike[str], model: keras.Model,
-                     img_size: int) -> boxes.BoxTargets:
+def training_targets(frame: pd.DataFrame, data_root: str | os.PathLike[str] | datasets.DataSource,
+                     model: keras.Model, img_size: int) -> boxes.BoxTargets:
     """Box targets of the training images in ``frame``; an error when the data have no fracture boxes."""
     image_boxes = boxes.load_model_boxes(data_root, frame["path"].tolist(), img_size)
     targets = boxes.BoxTargets.from_frame(frame, image_boxes, img_size, feature_grid(model))
     if targets.positive_images == 0:
-        raise FractureLibError(_NO_BOXES.format(location=data_root))
+        raise FractureLibError(_NO_BOXES.format(location=datasets.resolve_source(data_root).location))
     return targets
 
 

@@ -19,11 +19,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from fracture_lib import config, datasets, explain, runs
+from fracture_lib.boxes import load_model_boxes
 from fracture_lib.files import write_json_atomically
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +51,6 @@ def play(run: runs.LoadedRun, data: Path, paths: list[str]) -> dict:
 
 def figure(runs_and_labels: list[tuple[runs.LoadedRun, str]], data: Path, paths: list[str]) -> Figure:
     """Grad-CAM overlays of the same validation films (columns) under each run (rows), boxes in white."""
-    from fracture_lib.boxes import load_model_boxes
-
     columns = min(FIGURE_FILMS, len(paths))
     shown = paths[:columns]
     canvas = Figure(figsize=(2.4 * columns + 0.6, 2.7 * len(runs_and_labels)), layout="constrained")

@@ -15,7 +15,7 @@ from fracture_lib import box_supervision, config
 from fracture_lib.boxes import BoxTargets, grid_cells_touched
 from fracture_lib.errors import FractureLibError, ParameterError
 from fracture_lib.models import build_model
-from fracture_lib.pipeline import AugmentSettings, make_dataset, random_transforms
+from fracture_lib.pipeline import AugmentSettings, make_dataset
 from fracture_lib.runs import load_run
 from fracture_lib.train import TrainConfig, train_model
 

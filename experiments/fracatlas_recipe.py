@@ -85,6 +85,15 @@ CANDIDATES: dict[str, dict] = {
     "mobilenetv2-160-pooled-bn09": {"arch": "mobilenetv2", "img_size": 160, **MODERN, **RICH_AUGMENT,
                                     "pool_parts": ("all",), "epochs": 6, "warmup_epochs": 1, "patience": 6,
                                     "ema_momentum": 0.99, "tta": True},
+    # Training on crops (fracture_lib/crops.py): films cached at 448 px (about FracAtlas's own 454 x 373),
+    # 256-px crops around the fracture outlines or on the body, whole films validated; the cost of 256 px per step.
+    # Its first run drew normal films' crops on the body only (crops.crop_points before normal films were
+    # also cropped where fractures lie on other films); "-matched" is the same values with today's crop points.
+    "real-cpu-crop-448-256": {"img_size": 448, "train_crop": 256, **MODERN, **RICH_AUGMENT, "pool_parts": ("all",),
+                              "epochs": 20, "patience": 20, "ema_momentum": 0.99, "tta": True},
+    "real-cpu-crop-448-256-matched": {"img_size": 448, "train_crop": 256, **MODERN, **RICH_AUGMENT,
+                                      "pool_parts": ("all",), "epochs": 20, "patience": 20, "ema_momentum": 0.99,
+                                      "tta": True},
 }
 
 

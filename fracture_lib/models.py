@@ -234,7 +234,8 @@ def check_architecture(arch: str, img_size: int, weights: str | os.PathLike[str]
 
 
 def build_model(arch: str, img_size: int, weights: str | None = None, num_classes: int = 1,
-                dropout_rate: float | None = None, seed: int = 42, head: str = "pooled") -> keras.Model:
+                dropout_rate: float | None = None, seed: int = 42, head: str = "pooled",
+                any_input_size: bool = False) -> keras.Model:
     """Build a functional model from grey ``(img_size, img_size, 1)`` images in 0..255.
 
     ``num_classes == 1`` gives one sigmoid unit (fracture probability); more gives a softmax
@@ -242,7 +243,9 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     ``.weights.h5`` file, or a backbone's notop ``.h5`` file. ``dropout_rate=None`` takes the
     architecture's default (``DEFAULT_DROPOUT_RATE``). The layers take the global dtype policy
     (see ``distribute.precision_policy`` for mixed precision) except the output layer, always float32.
-    ``head`` is one of ``HEADS`` ("cells" for a single sigmoid unit only).
+    ``head`` is one of ``HEADS`` ("cells" for a single sigmoid unit only). ``any_input_size``
+    (compact networks only, which are fully convolutional) builds the input as ``(None, None, 1)``:
+    the model that trains on crops and validates on whole films (see ``crops``).
     """
     check_architecture(arch, img_size, weights)
     check_head(head, num_classes)
@@ -255,7 +258,10 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
     weights, whole_model_weights = _split_weights(arch, weights)
 
     img_size, num_classes = int(img_size), int(num_classes)
-    images = keras.Input(shape=(img_size, img_size, 1), name="image")
+    if any_input_size and arch not in COMPACT_ARCHITECTURES:
+        raise ParameterError(f"{arch} takes one input size; training on crops needs {' or '.join(COMPACT_ARCHITECTURES)}")
+    side = None if any_input_size else img_size
+    images = keras.Input(shape=(side, side, 1), name="image")
     if arch == "small_cnn":
         features = _small_cnn_features(images, seed)
     elif arch == "resnet_small":

@@ -66,6 +66,7 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "lr_scaling": (str,),
     "box_loss_weight": NUMBER,
     "head": (str,),
+    "train_crop": (int,),
     "run_name": (str,),
     "aggregation": (str,),
     "threshold_method": (str,),
@@ -76,7 +77,7 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 RECIPE_PARAMETERS = ("split_seed", "clahe", "optimizer", "weight_decay", "schedule", "warmup_epochs", "patience",
                      "ema_momentum", "loss", "focal_gamma", "dropout_rate", "flip", "rotation_degrees", "zoom",
                      "translate", "brightness", "contrast", "gamma", "pool_parts", "tta", "precision", "jit_compile",
-                     "augment_on", "lr_scaling", "box_loss_weight", "head")
+                     "augment_on", "lr_scaling", "box_loss_weight", "head", "train_crop")
 # Parameters that become TrainConfig values of the same name.
 TRAINING_PARAMETERS = ("arch", "weights", "img_size", "epochs", "batch_size", "learning_rate", "seed", "run_name",
                        *RECIPE_PARAMETERS)

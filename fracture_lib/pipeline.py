@@ -77,6 +77,10 @@ class AugmentSettings:
         return cls(**{key: values[key] for key in names if key in values})
 
 
+# Added to a batch seed for the crop draws (``crop_transforms``), which then leave the other draws unchanged.
+CROP_STREAM = 7919
+
+
 def _generator(seed: Any) -> np.random.Generator:
     """A NumPy generator from an integer or a pair of (possibly negative) integers."""
     values = np.atleast_1d(np.asarray(seed)).astype(np.int64).tolist()
@@ -123,14 +127,45 @@ def random_transforms(count: int, height: int, width: int, seed: Any,
     return matrices, GreyLevelChanges(contrasts, brightness, gammas)
 
 
+def crop_transforms(matrices: np.ndarray, points: np.ndarray, crop_size: int, height: int, width: int,
+                    seed: Any) -> np.ndarray:
+    """Turn ``matrices`` (``random_transforms``' warps of an H x W image) into warps onto a random crop.
+
+    ``points`` is ``(B, K, 2)``: each image's points of interest ``(x, y)`` (``crops.crop_points``).
+    For each image one point is drawn, the crop centre placed up to ``crops.CENTRE_JITTER`` of
+    the crop side away from it, and that centre moved to the image centre before the flip,
+    rotation, zoom and shift (which therefore turn about the crop), then to the centre of the
+    ``crop_size`` output. The draws come from their own stream of ``seed``, so the other
+    transformations are those of the same seed without the crop.
+    """
+    from fracture_lib.crops import CENTRE_JITTER
+
+    rng = np.random.default_rng([value % 2**64 for value in np.atleast_1d(np.asarray(seed)).astype(np.int64).tolist()]
+                                + [CROP_STREAM])
+    count = len(matrices)
+    chosen = np.asarray(points, dtype=np.float64)[np.arange(count), rng.integers(0, points.shape[1], count)]
+    centres = chosen + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, (count, 2)) * crop_size
+    image_centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    crop_centre = np.full(2, (crop_size - 1) / 2.0)
+    linear, translation = matrices[:, :, :2], matrices[:, :, 2]
+    # x -> linear @ (x + image_centre - centre) + translation - image_centre + crop_centre.
+    moved = translation + np.einsum("bij,bj->bi", linear, image_centre - centres) - image_centre + crop_centre
+    return np.concatenate([linear, moved[:, :, None]], axis=2)
+
+
 def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
-                   rows: np.ndarray | None = None) -> np.ndarray:
+                   rows: np.ndarray | None = None, crop_size: int | None = None,
+                   crop_points: np.ndarray | None = None) -> np.ndarray:
     """Randomly flip, rotate, zoom, shift and change the grey levels of images; return float32 (B, S, S).
 
     ``images`` is a uint8 or float32 array ``(N, S, S)`` (or ``(N, S, S, 1)``); with ``rows``,
     only those rows are read (``image_rows.gather_rows``: from the file, for the cache's memory
     map) and augmented. Pixels moved in from outside the image are black, like the letterbox
     padding. The result stays in 0..255.
+
+    With ``crop_size`` each image becomes a ``crop_size`` square around one of its points of
+    interest (``crop_points``, ``(B, K, 2)`` for the batch; see ``crop_transforms``): the result
+    is ``(B, crop_size, crop_size)``.
     """
     if rows is not None:
         images = gather_rows(images, rows)
@@ -139,10 +174,16 @@ def augment_images(images: np.ndarray, seed: Any, settings: AugmentSettings,
         images = images[..., 0]
     height, width = images.shape[1:3]
     matrices, grey = random_transforms(len(images), height, width, seed, settings)
-    if settings.moves_pixels:
-        batch = np.empty((len(images), height, width), dtype=images.dtype)
+    out_height, out_width = height, width
+    if crop_size is not None:
+        if crop_points is None or len(crop_points) != len(images):
+            raise ParameterError("crop_size needs crop_points: one (K, 2) array of points per image")
+        matrices = crop_transforms(matrices, crop_points, int(crop_size), height, width, seed)
+        out_height = out_width = int(crop_size)
+    if settings.moves_pixels or crop_size is not None:
+        batch = np.empty((len(images), out_height, out_width), dtype=images.dtype)
         for position, image in enumerate(images):
-            cv2.warpAffine(image, matrices[position], (width, height), dst=batch[position],
+            cv2.warpAffine(image, matrices[position], (out_width, out_height), dst=batch[position],
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     else:
         batch = images
@@ -196,7 +237,8 @@ def _check_inputs(images: np.ndarray, labels: Any, batch_size: int, sample_weigh
 def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = None, batch_size: int = 32,
                  training: bool = False, augment: AugmentSettings | None = None, seed: int = 42,
                  sample_weights: np.ndarray | None = None, mirror: bool = False,
-                 shard: tuple[int, int] | None = None, box_targets: BoxTargets | None = None) -> tf.data.Dataset:
+                 shard: tuple[int, int] | None = None, box_targets: BoxTargets | None = None,
+                 crop_size: int | None = None, crop_points: np.ndarray | None = None) -> tf.data.Dataset:
     """Return a batched, prefetched dataset of ``float32 (B, S, S, 1)`` images in 0..255.
 
     ``images`` is a uint8 array ``(N, S, S)`` or an ``ImageRows`` view of the cache (a split),
@@ -217,6 +259,10 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
     ``box_targets`` (box supervision, see ``box_supervision``) makes the images a dictionary: the
     images under ``config.IMAGE_INPUT`` and each image's grid target under ``config.BOX_TARGET_INPUT``,
     its boxes moved by the same flip, rotation, zoom and shift as the image.
+
+    ``crop_size`` with ``training`` yields ``crop_size`` squares instead (training on crops, see
+    ``crops``): each image's crop lies around one of its points of interest, ``crop_points[i]``
+    (``(K, 2)``, from ``crops.crop_points``), drawn afresh every epoch.
     """
     if not isinstance(images, (ImageRows, np.ndarray)):
         images = np.asarray(images)
@@ -228,6 +274,12 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
         raise ParameterError("mirror=True is test-time augmentation: use it without training augmentation "
                              "(training=False, or augment=None)")
     count, size = len(images), images.shape[1:]
+    cropping = training and crop_size is not None
+    if cropping:
+        crop_points = _check_crop(crop_size, crop_points, count, size, box_targets)
+        size = (int(crop_size), int(crop_size))
+        # A crop is a warp: without other augmentation it is the only transformation.
+        augment = augment if augment is not None else AugmentSettings(flip=False, rotation_degrees=0.0)
     # Batches are gathered from the whole array; a view maps its row numbers to the array's.
     source, offsets = source_and_positions(images)
 
@@ -237,7 +289,7 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
     def plain_batch(positions: np.ndarray) -> np.ndarray:
         batch = gather_rows(source, source_rows(positions))
         return np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
-    augmenting = training and augment is not None and augment.changes_pixels
+    augmenting = cropping or (training and augment is not None and augment.changes_pixels)
 
     # The dataset walks over row numbers and gathers each batch from the NumPy array: cheap to
     # shuffle, and it works for caches larger than TensorFlow's 2 GB limit on constants.
@@ -259,9 +311,13 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
         if batch_seed is None:
             batch = tf.numpy_function(plain_batch, [batch_rows], tf.uint8, stateful=False)
         else:
-            batch = tf.numpy_function(lambda positions, pair: augment_images(source, pair, augment,
-                                                                             rows=source_rows(positions)),
-                                      [batch_rows, batch_seed], tf.float32, stateful=False)
+            # The crop's arguments are passed only when cropping.
+            crop = (lambda positions: {"crop_size": size[0], "crop_points": crop_points[positions]}) if cropping \
+                else (lambda positions: {})
+            batch = tf.numpy_function(
+                lambda positions, pair: augment_images(source, pair, augment, rows=source_rows(positions),
+                                                       **crop(positions)),
+                [batch_rows, batch_seed], tf.float32, stateful=False)
         batch.set_shape([None, *size])
         return tf.cast(batch, tf.float32)[..., tf.newaxis]
 
@@ -300,6 +356,20 @@ def make_dataset(images: np.ndarray | ImageRows, labels: np.ndarray | None = Non
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         dataset = dataset.with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_crop(crop_size: Any, crop_points: Any, count: int, size: tuple[int, ...],
+                box_targets: BoxTargets | None) -> np.ndarray:
+    """Return ``crop_points`` as an array after checking it and ``crop_size`` against the images."""
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or not 0 < crop_size < min(size):
+        raise ParameterError(f"crop_size={crop_size!r} must be a whole number of pixels below the image side {min(size)}")
+    points = None if crop_points is None else np.asarray(crop_points, dtype=np.float32)
+    if points is None or points.ndim != 3 or points.shape[0] != count or points.shape[2] != 2 or points.shape[1] < 1:
+        raise ParameterError(f"crop_points must be an array (images, points, 2) with {count} images; "
+                             f"got {None if points is None else points.shape}")
+    if box_targets is not None:
+        raise ParameterError("box supervision and training on crops cannot be combined: the box grid is the whole film's")
+    return points
 
 
 def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:

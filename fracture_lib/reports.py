@@ -54,7 +54,7 @@ def plan_reports(parameters: dict[str, Any], router_parts: list[str] | None = No
     recipe = parameter_files.recipe(parameters)
     # The classifier learns body parts: no pooling of fracture films, no focal loss (binary only), no
     # fracture boxes and the pooled head (the cell head scores fractures).
-    router_recipe = {**recipe, "pool_parts": [], "loss": "bce", "box_loss_weight": 0.0, "head": "pooled"}
+    router_recipe = {**recipe, "pool_parts": [], "loss": "bce", "box_loss_weight": 0.0, "head": "pooled", "train_crop": 0}
     jobs = [
         ReportJob("01_data_exploration", "01_data_exploration", "Data exploration", dict(common)),
         ReportJob("02_preprocessing", "02_preprocessing", "Preprocessing and input pipeline", dict(common)),

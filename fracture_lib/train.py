@@ -32,11 +32,12 @@ import numpy as np
 import tensorflow as tf
 import pandas as pd
 
-from fracture_lib import box_supervision, config, datasets, device_augment, distribute, outliers, recipe, resume, synthetic
+from fracture_lib import box_supervision, config, crops, datasets, device_augment, distribute, outliers, recipe, resume, synthetic
 from fracture_lib.boxes import BoxTargets
 from fracture_lib.files import replace_path
 from fracture_lib.errors import FractureLibError, ParameterError
-from fracture_lib.models import build_model, check_architecture, check_head, last_conv_layer_name
+from fracture_lib.models import (COMPACT_ARCHITECTURES, MINIMUM_SIZE, build_model, check_architecture, check_head,
+                                  last_conv_layer_name)
 from fracture_lib.pipeline import AugmentSettings, make_dataset
 from fracture_lib.cache import build_cache
 from fracture_lib.image_rows import ImageRows
@@ -88,6 +89,7 @@ class TrainConfig:
     lr_scaling: str = "linear"  # linear: learning_rate is one replica's, times the replicas; none: unchanged
     box_loss_weight: float = 0.0  # > 0: a training-only head learns the fracture boxes (see fracture_lib.box_supervision)
     head: str = "pooled"  # pooled (features pooled, one dense unit) or cells (the highest cell score; models.HEADS)
+    train_crop: int = 0  # > 0: train on crops of this side from films cached at img_size, score whole films (see fracture_lib.crops)
 
     def validate(self) -> None:
         """Raise ``ParameterError`` for any value that cannot work."""
@@ -134,7 +136,24 @@ class TrainConfig:
         if self.augment_on not in device_augment.PLACES:
             raise ParameterError(f"augment_on={self.augment_on!r} is unknown: choose {' or '.join(device_augment.PLACES)}")
         self._check_box_loss_weight()
+        self._check_train_crop()
         self.preprocess_settings()
+
+    def _check_train_crop(self) -> None:
+        """Crops need a fracture model, a fully convolutional compact network and augmentation in the pipeline."""
+        crops.check_crop(self.train_crop, self.img_size, MINIMUM_SIZE[self.arch])
+        if not self.train_crop:
+            return
+        if self.target != config.FRACTURE_TARGET:
+            raise ParameterError("train_crop applies to fracture models: train the body-part classifier with train_crop=0")
+        if self.arch not in COMPACT_ARCHITECTURES:
+            raise ParameterError(f"train_crop needs a network that scores any input size ({', '.join(COMPACT_ARCHITECTURES)}), "
+                                 f"not {self.arch}: set arch=small_cnn or train_crop=0")
+        if self.augment_on != "cpu":
+            raise ParameterError("train_crop crops in the input pipeline: set augment_on=cpu")
+        if self.box_loss_weight > 0:
+            raise ParameterError("train_crop and box_loss_weight cannot be combined (the box grid is the whole film's): "
+                                 "set one of them to 0")
 
     def _check_box_loss_weight(self) -> None:
         """Box supervision needs a number, a fracture model, and augmentation in the pipeline (where boxes move too)."""
@@ -354,6 +373,8 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     if train_config.box_loss_weight > 0:
         # Data without any fracture box are refused before their images are cached.
         box_supervision.check_source_has_boxes(source)
+    if train_config.train_crop:
+        crops.check_source_has_boxes(source)
     # The global batch is split over the replicas: each one sees `batch_size` images per step.
     replicas = strategy.num_replicas_in_sync
     global_batch = train_config.batch_size * replicas
@@ -379,9 +400,10 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
     learning_rate = distribute.scaled_learning_rate(train_config.learning_rate, replicas, train_config.lr_scaling)
     with strategy.scope():
         with distribute.precision_policy(train_config.precision):
+            # Trained on crops, the model takes any input size: crops in training, whole films in validation.
             model = build_model(train_config.arch, train_config.img_size, weights=train_config.weights,
                                 num_classes=num_classes, dropout_rate=train_config.dropout_rate, seed=train_config.seed,
-                                head=train_config.head)
+                                head=train_config.head, any_input_size=bool(train_config.train_crop))
             # What fit trains: the model, or the augmentation layer then the model (sharing its weights).
             fitted = model if pipeline_augment is not None else device_augment.training_model(
                 model, train_config.augment_settings(), seed=train_config.seed)
@@ -393,11 +415,16 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
                  learning_rate=learning_rate)
 
     train_boxes, val_boxes = _box_targets(train_config, model, source, train_frame, len(val_images))
+    crop_size, crop_points = None, None
+    if train_config.train_crop:
+        crop_size = train_config.train_crop
+        crop_points = crops.crop_points(train_images, train_frame, source, train_config.img_size, train_config.seed)
     # Under MultiWorkerMirroredStrategy each worker reads and augments only its slice of every batch.
     train_data = distribute.worker_datasets(
         strategy, lambda shard: make_dataset(train_images, train_targets, global_batch, training=True,
                                              augment=pipeline_augment, seed=train_config.seed,
-                                             sample_weights=train_weights, shard=shard, box_targets=train_boxes),
+                                             sample_weights=train_weights, shard=shard, box_targets=train_boxes,
+                                             crop_size=crop_size, crop_points=crop_points),
         train_config.batch_size)
     # Validation images carry the same class weights, so the two loss curves are comparable.
     val_data = distribute.worker_datasets(
@@ -418,6 +445,9 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
             # The checkpoint of the best epoch (the averaged weights with EMA) is the model saved, also
             # when the best epoch came before an interruption, which EarlyStopping did not see.
             fitted.load_weights(work_dir / resume.BEST_WEIGHTS)
+        if train_config.train_crop:
+            # The model saved takes whole films at img_size, like any other run's; the weights are the same.
+            model = _whole_film_model(model, train_config, num_classes)
         val_probabilities = predict_images(model, val_images, batch_size=global_batch, tta=train_config.tta)
     predictions = _prediction_frame(val_frame, val_probabilities, train_config)
     # How the training images look to the model, for predict's unfamiliar-input check (see outliers).
@@ -450,6 +480,15 @@ def train_model(train_config: TrainConfig, models_dir: str | os.PathLike[str] | 
         final_dir = work_dir
     return TrainResult(final_dir, history, {str(key): value for key, value in class_weights.items()},
                        best_metrics, seconds, run_config)
+
+
+def _whole_film_model(trained: keras.Model, train_config: TrainConfig, num_classes: int) -> keras.Model:
+    """The network of a run trained on crops, built for whole films at ``img_size``, with the trained weights."""
+    with distribute.precision_policy(train_config.precision):
+        model = build_model(train_config.arch, train_config.img_size, num_classes=num_classes,
+                            dropout_rate=train_config.dropout_rate, seed=train_config.seed, head=train_config.head)
+    model.set_weights(trained.get_weights())
+    return model
 
 
 def _box_targets(train_config: TrainConfig, model: keras.Model, source: datasets.DataSource, train_frame: pd.DataFrame,

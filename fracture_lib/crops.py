@@ -2,7 +2,7 @@
 
 With ``train_crop > 0`` the cache holds the films at ``img_size`` (say 448 px, about FracAtlas's
 own resolution) and every training image is a random ``train_crop`` square of one (say 256 px):
-the network trains at the cost of its crop size and sees small fractures at up to twice the
+the network trains at the cost of its crop size and sees small fractures at 1.75 times the
 scale. Validation, ``evaluate``, ``predict`` and Grad-CAM take the whole film at ``img_size``; a
 compact network is fully convolutional and ends in global max pooling, so the same weights score a
 film as its most suspicious region.

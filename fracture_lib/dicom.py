@@ -27,6 +27,7 @@ no patient data (name, ID, dates) reaches logs or reports.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,10 @@ def load_dicom(path: str | Path) -> np.ndarray:
 def _read_dataset(path: Path) -> Dataset:
     """Parse ``path`` with pydicom, turning every failure into a PHI-free ``ImageReadError``."""
     try:
-        dataset = pydicom.dcmread(path, force=False)
+        # pydicom warns about the damage it reads past; the checks below turn that into one error line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = pydicom.dcmread(path, force=False)
     except InvalidDicomError:
         raise ImageReadError(path, _not_dicom_reason(path)) from None
     except OSError as error:

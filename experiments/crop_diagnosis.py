@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,11 +31,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fracture_lib import crops, datasets, runs, train
-from fracture_lib.cache import build_cache
 from fracture_lib.models import build_model
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "fracatlas"
+sys.path.insert(0, str(HERE))
+import fracatlas_recipe  # noqa: E402  (the validation films)
 
 
 def _crop(image: np.ndarray, centre: np.ndarray, side: int) -> np.ndarray:
@@ -52,12 +53,7 @@ def diagnose(run_dir: Path, data: Path) -> dict:
     run = runs.load_run(run_dir)
     side, size = int(run.config["train_crop"]), int(run.config["img_size"])
     source = datasets.resolve_source(data)
-    train_config = train.TrainConfig(**{key: value for key, value in run.config.items()
-                                        if key in train.TrainConfig.field_names()})
-    _, subset = train.training_index(train_config)
-    subset = train.own_part_rows(subset, run.config)
-    cache = build_cache(subset, source.root, run.preprocess, progress=False)
-    images, frame = cache.select("val")
+    images, frame = fracatlas_recipe.own_part_validation_films(run, data)
     films = np.asarray(images)
     labels = frame["label"].to_numpy()
     points = crops.crop_points(films, frame, source, size, seed=0)
@@ -98,7 +94,7 @@ def diagnose(run_dir: Path, data: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=fracatlas_recipe.DEFAULT_DATA)
     arguments = parser.parse_args()
     result = diagnose(arguments.run_dir, arguments.data)
     path = HERE / "results" / "crop-diagnosis.json"

@@ -104,14 +104,26 @@ def _write_line(path: Path, record: dict) -> None:
         handle.write(json.dumps(record, default=str) + "\n")
 
 
-def _val_aurocs(run_dir: Path, data: Path) -> tuple[float, float]:
-    """Validation AUROC of the saved model without and with the flip average (images = studies here)."""
-    run = runs.load_run(run_dir)
+def own_part_validation_films(run: runs.LoadedRun, data: Path) -> tuple:
+    """The validation films of the run's own part, as the run saw them: ``(images, frame)``."""
     _, subset = train.training_index(train.TrainConfig(**{key: value for key, value in run.config.items()
                                                           if key in train.TrainConfig.field_names()}))
     subset = train.own_part_rows(subset, run.config)
-    cache = build_cache(subset, data, run.preprocess, progress=False)
-    images, frame = cache.select("val")
+    return build_cache(subset, data, run.preprocess, progress=False).select("val")
+
+
+def all_validation_films(data: Path, split_seed: int, preprocess) -> tuple:
+    """Every part's validation films (398 on FracAtlas), preprocessed with ``preprocess``: ``(images, frame)``."""
+    source = datasets.resolve_source(data)
+    index = datasets.build_index(source, seed=split_seed)
+    validation = index[index["split"] == "val"].reset_index(drop=True)
+    return build_cache(validation, source.root, preprocess, progress=False).select("val")
+
+
+def _val_aurocs(run_dir: Path, data: Path) -> tuple[float, float]:
+    """Validation AUROC of the saved model without and with the flip average (images = studies here)."""
+    run = runs.load_run(run_dir)
+    images, frame = own_part_validation_films(run, data)
     labels = frame["label"].to_numpy()
     plain = train.predict_images(run.model, images)
     flipped = train.predict_images(run.model, images, tta=True)
@@ -127,11 +139,7 @@ def _all_parts_val_auroc(run_dir: Path, data: Path) -> float | None:
     run = runs.load_run(run_dir)
     if not run.config.get("pool_parts"):
         return None
-    source = datasets.resolve_source(data)
-    index = datasets.build_index(source, seed=run.config["split_seed"])
-    cache = build_cache(index[index["split"] == "val"].reset_index(drop=True), source.root, run.preprocess,
-                        progress=False)
-    images, frame = cache.select("val")
+    images, frame = all_validation_films(data, run.config["split_seed"], run.preprocess)
     return float(roc_auc_score(frame["label"].to_numpy(), train.predict_images(run.model, images, tta=True)))
 
 

@@ -14,37 +14,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from fracture_lib import datasets, runs, train
-from fracture_lib.cache import build_cache
+from fracture_lib import runs, train
 from fracture_lib.models import build_model
 from fracture_lib.preprocess import PreprocessSettings
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fracatlas_recipe  # noqa: E402  (the validation films)
 SIZES = (224, 256, 288, 320, 352)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=Path, nargs="+")
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "fracatlas")
+    parser.add_argument("--data", type=Path, default=fracatlas_recipe.DEFAULT_DATA)
     arguments = parser.parse_args()
-    source = datasets.resolve_source(arguments.data)
     rows = []
     for run_dir in arguments.run_dirs:
         run = runs.load_run(run_dir)
-        index = datasets.build_index(source, seed=run.config["split_seed"])
-        validation = index[index["split"] == "val"].reset_index(drop=True)
         # The run's weights in the same network built for any input size.
         any_size = build_model(run.config["arch"], run.config["img_size"], seed=0, any_input_size=True)
         any_size.set_weights(run.model.get_weights())
         for size in SIZES:
-            cache = build_cache(validation, source.root, PreprocessSettings(img_size=size, clahe=run.config["clahe"]),
-                                progress=False)
-            images, frame = cache.select("val")
+            images, frame = fracatlas_recipe.all_validation_films(
+                arguments.data, run.config["split_seed"], PreprocessSettings(img_size=size, clahe=run.config["clahe"]))
             probabilities = train.predict_images(any_size, images, tta=True)
             own_part = (frame["body_part"] == run.config["body_part"]).to_numpy()
             row = {"run": run_dir.name, "trained_at": run.config["img_size"], "scored_at": size,

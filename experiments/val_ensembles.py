@@ -16,31 +16,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from fracture_lib import datasets, runs, train
-from fracture_lib.cache import build_cache
+from fracture_lib import runs, train
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fracatlas_recipe  # noqa: E402  (the validation films)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--part", default="hand")
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "fracatlas")
+    parser.add_argument("--data", type=Path, default=fracatlas_recipe.DEFAULT_DATA)
     arguments = parser.parse_args()
-    source = datasets.resolve_source(arguments.data)
     probabilities, labels, parts = {}, None, None
     for name in arguments.runs:
         run = runs.load_run(HERE / "models" / arguments.part / name)
-        index = datasets.build_index(source, seed=run.config["split_seed"])
-        validation = index[index["split"] == "val"].reset_index(drop=True)
-        cache = build_cache(validation, source.root, run.preprocess, progress=False)
-        images, frame = cache.select("val")
+        images, frame = fracatlas_recipe.all_validation_films(arguments.data, run.config["split_seed"], run.preprocess)
         probabilities[name] = pd.Series(train.predict_images(run.model, images, tta=True), index=frame["path"])
         labels = pd.Series(frame["label"].to_numpy(), index=frame["path"])
         parts = pd.Series(frame["body_part"].to_numpy(), index=frame["path"])

@@ -44,8 +44,7 @@ def feature_grid(model: keras.Model) -> tuple[int, int]:
 
 def check_source_has_boxes(source: datasets.DataSource) -> None:
     """Raise ``FractureLibError`` when a data source has no fracture boxes at all (real MURA, manifests)."""
-    if datasets.load_fracture_boxes(source).empty:
-        raise FractureLibError(_NO_BOXES.format(location=source.location))
+    boxes.require_fracture_boxes(source, _NO_BOXES)
 
 
 def training_targets(frame: pd.DataFrame, data_root: str | os.PathLike[str] | datasets.DataSource,

@@ -82,6 +82,19 @@ def load_model_boxes(data_root: str | os.PathLike[str], paths: Sequence[str], im
     return model_boxes(boxes, shapes, img_size)
 
 
+def require_fracture_boxes(data_root, message: str) -> None:
+    """Raise ``FractureLibError(message)`` when a data source has no fracture box at all (real MURA, manifests).
+
+    ``message`` names the setting that needs the boxes; ``{location}`` in it becomes the data's location.
+    """
+    from fracture_lib import datasets
+    from fracture_lib.errors import FractureLibError
+
+    source = datasets.resolve_source(data_root)
+    if datasets.load_fracture_boxes(source).empty:
+        raise FractureLibError(message.format(location=source.location))
+
+
 def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
     """``(height, width)`` of an image file, read from its header (decoding it only as a fallback)."""
     from PIL import Image, UnidentifiedImageError

@@ -52,8 +52,7 @@ def check_crop(train_crop: int, img_size: int, minimum_size: int) -> None:
 
 def check_source_has_boxes(source: datasets.DataSource) -> None:
     """Raise ``FractureLibError`` when a data source has no fracture boxes at all (real MURA, manifests)."""
-    if datasets.load_fracture_boxes(source).empty:
-        raise FractureLibError(_NO_BOXES.format(location=source.location))
+    boxes.require_fracture_boxes(source, _NO_BOXES)
 
 
 def body_points(image: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

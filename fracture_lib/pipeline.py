@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from fracture_lib import config
 from fracture_lib.boxes import BoxTargets
+from fracture_lib.crops import CENTRE_JITTER
 from fracture_lib.errors import ParameterError
 from fracture_lib.image_rows import ImageRows, gather_rows, source_and_positions
 
@@ -138,10 +139,7 @@ def crop_transforms(matrices: np.ndarray, points: np.ndarray, crop_size: int, he
     ``crop_size`` output. The draws come from their own stream of ``seed``, so the other
     transformations are those of the same seed without the crop.
     """
-    from fracture_lib.crops import CENTRE_JITTER
-
-    rng = np.random.default_rng([value % 2**64 for value in np.atleast_1d(np.asarray(seed)).astype(np.int64).tolist()]
-                                + [CROP_STREAM])
+    rng = _generator(np.append(np.atleast_1d(np.asarray(seed)).astype(np.int64), CROP_STREAM))
     count = len(matrices)
     chosen = np.asarray(points, dtype=np.float64)[np.arange(count), rng.integers(0, points.shape[1], count)]
     centres = chosen + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, (count, 2)) * crop_size

@@ -42,6 +42,17 @@ def tiny_demo_root(session_dir: Path) -> Path:
     return generate_demo_dataset(session_dir / "tiny-demo", patients=TINY_PATIENTS, seed=0)
 
 
+@pytest.fixture
+def no_boxes_demo_root(tiny_demo_root: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny demo set without its fracture boxes, as real MURA has none."""
+    import shutil
+
+    copy = tmp_path / "no-boxes"
+    shutil.copytree(tiny_demo_root, copy)
+    (copy / config.MURA_DIRNAME / "fracture_boxes.csv").unlink()
+    return copy
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_demo_root: Path) -> dict[str, Path]:
     """Tiny trained runs (one epoch, 64 px): the elbow fracture model and the body-part classifier.

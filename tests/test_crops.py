@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import keras
@@ -146,7 +145,7 @@ def _tiny(tiny_demo_root: Path, **values) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def test_train_crop_is_checked(tiny_demo_root: Path, tmp_path: Path) -> None:
+def test_train_crop_is_checked(tiny_demo_root: Path, no_boxes_demo_root: Path, tmp_path: Path) -> None:
     for values, message in (({"train_crop": -1}, "train_crop=-1"),
                             ({"train_crop": 64}, "smaller than img_size=64"),
                             ({"train_crop": 8}, "at least 16"),
@@ -160,11 +159,8 @@ def test_train_crop_is_checked(tiny_demo_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="scores any input size|takes one input size"):
         build_model("mobilenetv2", 64, any_input_size=True)
     # Data without fracture boxes (real MURA has none): one clear error before any image is cached.
-    no_boxes = tmp_path / "no-boxes"
-    shutil.copytree(tiny_demo_root, no_boxes)
-    (no_boxes / config.MURA_DIRNAME / "fracture_boxes.csv").unlink()
     with pytest.raises(FractureLibError, match="train_crop needs fracture outlines.*train_crop=0"):
-        train_model(_tiny(no_boxes), models_dir=tmp_path, verbose=0)
+        train_model(_tiny(no_boxes_demo_root), models_dir=tmp_path, verbose=0)
 
 
 def test_training_on_crops_saves_a_whole_film_model(tiny_demo_root: Path, tmp_path: Path) -> None:

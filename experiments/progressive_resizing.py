@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,9 +37,9 @@ from fracture_lib.models import build_model
 from fracture_lib.pipeline import make_dataset
 from fracture_lib.preprocess import PreprocessSettings
 
-import fracatlas_recipe
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fracatlas_recipe  # noqa: E402  (the candidates, the validation films and the results log)
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -80,7 +81,7 @@ def train_progressive(base: str, part: str, early_size: int, early_epochs: int, 
     train_targets = train_frame["label"].to_numpy()
     val_targets = val_frame["label"].to_numpy()
     class_weights = train.compute_class_weights(train_targets)
-    weights_of = lambda targets: np.array([class_weights[int(target)] for target in targets], dtype=np.float32)
+    train_weights = train._sample_weights(train_targets, class_weights)
 
     model = build_model(train_config.arch, train_config.img_size, seed=seed, any_input_size=True)
     steps = int(np.ceil(len(train_images) / train_config.batch_size))
@@ -88,11 +89,12 @@ def train_progressive(base: str, part: str, early_size: int, early_epochs: int, 
     augment = train_config.augment_settings()
     datasets_by_phase = [
         make_dataset(early_images, train_targets, train_config.batch_size, training=True, augment=augment,
-                     seed=seed, sample_weights=weights_of(train_targets)),
+                     seed=seed, sample_weights=train_weights),
         make_dataset(train_images, train_targets, train_config.batch_size, training=True, augment=augment,
-                     seed=seed + 1, sample_weights=weights_of(train_targets)),
+                     seed=seed + 1, sample_weights=train_weights),
     ]
-    val_data = make_dataset(val_images, val_targets, train_config.batch_size, sample_weights=weights_of(val_targets))
+    val_data = make_dataset(val_images, val_targets, train_config.batch_size,
+                            sample_weights=train._sample_weights(val_targets, class_weights))
     best = BestWeights()
     callbacks = [*recipe.ema_callbacks(train_config.ema_momentum), best]
     model.fit(datasets_by_phase[0], validation_data=val_data, epochs=early_epochs, callbacks=callbacks, verbose=2)

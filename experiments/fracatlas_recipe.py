@@ -103,6 +103,12 @@ CANDIDATES: dict[str, dict] = {
     # 256-px film's cost) and 30 epochs at 224 px (0.77 times).
     "real-cpu-192-40-epochs": {**REAL_CPU, "img_size": 192, "epochs": 40, "patience": 40},
     "real-cpu-224-30-epochs": {**REAL_CPU, "img_size": 224, "epochs": 30, "patience": 30},
+    # Round five: small_cnn with a 4 x 4 patch stem (small_cnn_patch4) sees films at a larger side for
+    # about small_cnn's cost at half that side, on the 40-epoch schedule of the preset.
+    "real-cpu-patch4-320-40-epochs": {**REAL_CPU, "arch": "small_cnn_patch4", "img_size": 320, "epochs": 40,
+                                      "patience": 40},
+    "real-cpu-patch4-384-40-epochs": {**REAL_CPU, "arch": "small_cnn_patch4", "img_size": 384, "epochs": 40,
+                                      "patience": 40},
 }
 
 

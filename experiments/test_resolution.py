@@ -6,8 +6,10 @@ little larger than trained (Touvron et al., "Fixing the train-test resolution di
 this measures whether FracAtlas's validation films say so. Validation split only, flip TTA.
 
     python experiments/test_resolution.py experiments/models/hand/real-cpu-seed42 experiments/models/hand/real-cpu-seed43
+    python experiments/test_resolution.py experiments/models/hand/real-cpu-192-40-epochs-seed42 \
+        --sizes 192 224 256 288 --out test-resolution-192.json
 
-Writes ``experiments/results/test-resolution.json``.
+Writes ``experiments/results/test-resolution.json`` (or ``--out``'s name there).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--data", type=Path, default=fracatlas_recipe.DEFAULT_DATA)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="input sizes to score at")
+    parser.add_argument("--out", default="test-resolution.json", help="file name under experiments/results")
     arguments = parser.parse_args()
     rows = []
     for run_dir in arguments.run_dirs:
@@ -40,7 +44,7 @@ def main() -> None:
         # The run's weights in the same network built for any input size.
         any_size = build_model(run.config["arch"], run.config["img_size"], seed=0, any_input_size=True)
         any_size.set_weights(run.model.get_weights())
-        for size in SIZES:
+        for size in arguments.sizes:
             images, frame = fracatlas_recipe.all_validation_films(
                 arguments.data, run.config["split_seed"], PreprocessSettings(img_size=size, clahe=run.config["clahe"]))
             probabilities = train.predict_images(any_size, images, tta=True)
@@ -50,7 +54,7 @@ def main() -> None:
                    "all_parts_val_auroc": float(roc_auc_score(frame["label"], probabilities))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (HERE / "results" / "test-resolution.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (HERE / "results" / arguments.out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ compared as a pair. Validation split only.
     python experiments/val_ensembles.py real-cpu-seed42 real-cpu-seed43 real-cpu-crop-448-256-matched-seed42
 
 Each name is a run folder under ``experiments/models/hand/``; every pair is scored, and each run
-alone. Writes ``experiments/results/val-ensembles.json``.
+alone. Writes ``experiments/results/val-ensembles.json`` (or ``--out``'s name there).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--part", default="hand")
     parser.add_argument("--data", type=Path, default=fracatlas_recipe.DEFAULT_DATA)
+    parser.add_argument("--out", default="val-ensembles.json", help="file name under experiments/results")
     arguments = parser.parse_args()
     probabilities, labels, parts = {}, None, None
     for name in arguments.runs:
@@ -50,7 +51,7 @@ def main() -> None:
             rows.append({"members": list(members), f"{arguments.part}_val_auroc": float(roc_auc_score(labels[own], mean[own])),
                          "all_parts_val_auroc": float(roc_auc_score(labels, mean))})
             print(json.dumps(rows[-1]), flush=True)
-    (HERE / "results" / "val-ensembles.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (HERE / "results" / arguments.out).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
                              "e.g. params/real-cpu.yaml; the options below override it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any parameter of the file, e.g. --set schedule=cosine (see params.yaml)")
-    parser.add_argument("--arch", default=None, help="small_cnn, resnet_small, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
+    parser.add_argument("--arch", default=None, help="small_cnn, small_cnn_patch4, resnet_small, densenet169, densenet121, resnet50, efficientnetb0, mobilenetv2")
     parser.add_argument("--img-size", type=int, default=None, help="square input size in pixels")
     parser.add_argument("--epochs", type=int, default=None, help="maximum number of epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size per replica; the global batch is this times the number of replicas")

@@ -19,7 +19,7 @@ import keras
 
 from fracture_lib.errors import FractureLibError, ParameterError
 
-ARCHITECTURES = ("small_cnn", "resnet_small", "densenet169", "densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
+ARCHITECTURES = ("small_cnn", "small_cnn_patch4", "resnet_small", "densenet169", "densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
 
 # ImageNet statistics in 0..1 (DenseNet, "torch" mode) and caffe-style BGR means in 0..255 (ResNet50).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +45,7 @@ WEIGHT_URLS = {
 # MobileNetV2 has ImageNet weights trained at these sizes; Keras uses the 224 px ones otherwise.
 MOBILENET_V2_WEIGHT_SIZES = (96, 128, 160, 192, 224)
 # The compact networks built here (no ImageNet weights); they end in global max pooling.
-COMPACT_ARCHITECTURES = ("small_cnn", "resnet_small")
+COMPACT_ARCHITECTURES = ("small_cnn", "small_cnn_patch4", "resnet_small")
 # Dropout before the classifier. The compact networks have none: each of their max-pooled features
 # is a detector that fires on a small finding, and dropping detectors at random slowed small_cnn's
 # training several-fold on the demo data; the wide backbones use the common 0.3.
@@ -58,7 +58,7 @@ HEADS = ("pooled", "cells")
 # Batch-norm momentum of layers trained from random weights (``_conv_block``, and backbones without weights).
 FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 CELL_MAP_LAYER = "fracture_map"
-MINIMUM_SIZE = {"small_cnn": 16, "resnet_small": 32, "densenet169": 32, "densenet121": 32, "resnet50": 32,
+MINIMUM_SIZE = {"small_cnn": 16, "small_cnn_patch4": 32, "resnet_small": 32, "densenet169": 32, "densenet121": 32, "resnet50": 32,
                 "efficientnetb0": 32, "mobilenetv2": 32}
 
 
@@ -71,16 +71,27 @@ def _conv_block(features: Any, filters: int, name: str, seed: int, strides: int 
     return keras.layers.ReLU(name=name)(features)
 
 
-def _small_cnn_features(images: Any, seed: int) -> Any:
+def _small_cnn_features(images: Any, seed: int, patch_stem: bool = False) -> Any:
     """A compact conv net (82k parameters) sized for a 2-core CPU at 128 px.
 
     A strided stem halves the resolution once, three conv blocks each followed by max pooling
     widen the features, and the final block, named ``last_conv``, is Grad-CAM's target. At
     128 px its feature map is 8 x 8, fine enough to localise a fracture line.
+
+    With ``patch_stem`` (``small_cnn_patch4``) the stem is a 4 x 4 convolution with stride 4 and
+    24 filters instead: each 4 x 4 patch of pixels becomes one position of 24 features, so a film
+    at twice the side costs about what ``small_cnn`` costs at its side, and the first layer still
+    sees every pixel (a thin fracture line that resizing to half the side would blur away).
     """
     # Each layer gets its own seed: one seeded initializer would repeat the same random numbers.
     features = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
-    features = _conv_block(features, 16, "stem", seed, strides=2)
+    if patch_stem:
+        features = keras.layers.Conv2D(24, 4, strides=4, padding="same", use_bias=False, name="stem_conv",
+                                       kernel_initializer=keras.initializers.HeNormal(seed=seed))(features)
+        features = keras.layers.BatchNormalization(momentum=FROM_SCRATCH_BATCH_NORM_MOMENTUM, name="stem_bn")(features)
+        features = keras.layers.ReLU(name="stem")(features)
+    else:
+        features = _conv_block(features, 16, "stem", seed, strides=2)
     for stage, filters in enumerate((16, 32, 64), start=1):
         features = _conv_block(features, filters, f"block{stage}", seed + stage)
         features = keras.layers.MaxPooling2D(2, name=f"block{stage}_pool")(features)
@@ -262,8 +273,8 @@ def build_model(arch: str, img_size: int, weights: str | None = None, num_classe
         raise ParameterError(f"{arch} takes one input size; training on crops needs {' or '.join(COMPACT_ARCHITECTURES)}")
     side = None if any_input_size else img_size
     images = keras.Input(shape=(side, side, 1), name="image")
-    if arch == "small_cnn":
-        features = _small_cnn_features(images, seed)
+    if arch in ("small_cnn", "small_cnn_patch4"):
+        features = _small_cnn_features(images, seed, patch_stem=arch == "small_cnn_patch4")
     elif arch == "resnet_small":
         features = _resnet_small_features(images, seed)
     else:

@@ -15,6 +15,7 @@ from fracture_lib.models import ARCHITECTURES, build_model, last_conv_layer_name
 # The layer each backbone's Grad-CAM should use (the last 4-D output before global pooling).
 EXPECTED_LAST_CONV = {
     "small_cnn": "last_conv",
+    "small_cnn_patch4": "last_conv",
     "resnet_small": "last_conv",
     "densenet169": "relu",
     "densenet121": "relu",
@@ -168,3 +169,25 @@ def test_seed_alone_fixes_the_initial_weights() -> None:
     kernels = [weights.ravel()[:144] for weights in first if weights.ndim == 4]
     correlations = np.corrcoef(np.stack(kernels))
     assert np.abs(correlations[np.triu_indices(len(kernels), k=1)]).max() < 0.5
+
+
+def test_patch_stem_sees_every_pixel_at_the_cost_of_half_the_side() -> None:
+    keras.backend.clear_session()
+    patch = build_model("small_cnn_patch4", 128, seed=1)
+    plain = build_model("small_cnn", 64, seed=1)
+    stem = patch.get_layer("stem_conv")
+    assert stem.kernel_size == (4, 4) and stem.strides == (4, 4) and stem.filters == 24
+    # A film at twice the side reaches the blocks, and Grad-CAM's layer, at small_cnn's grid.
+    assert patch.get_layer("block1").output.shape[1:3] == plain.get_layer("block1").output.shape[1:3] == (32, 32)
+    assert patch.get_layer("last_conv").output.shape[1:3] == plain.get_layer("last_conv").output.shape[1:3]
+    # One changed pixel in any corner of a 4 x 4 patch changes the stem's output there.
+    images = _random_images(1, 128, seed=2)
+    stem_model = keras.Model(patch.inputs, patch.get_layer("stem_conv").output)
+    base = keras.ops.convert_to_numpy(stem_model(images))
+    for row, column in ((0, 0), (3, 3), (0, 3), (3, 0)):
+        changed = images.copy()
+        changed[0, row, column, 0] += 50.0
+        difference = np.abs(keras.ops.convert_to_numpy(stem_model(changed)) - base)
+        assert difference[0, 0, 0].max() > 0 and difference[0, 1:, :].max() == 0 and difference[0, :, 1:].max() == 0
+    with pytest.raises(ParameterError, match="too small for small_cnn_patch4"):
+        build_model("small_cnn_patch4", 16)

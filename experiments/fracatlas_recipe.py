@@ -107,8 +107,6 @@ CANDIDATES: dict[str, dict] = {
     # about small_cnn's cost at half that side, on the 40-epoch schedule of the preset.
     "real-cpu-patch4-320-40-epochs": {**REAL_CPU, "arch": "small_cnn_patch4", "img_size": 320, "epochs": 40,
                                       "patience": 40},
-    "real-cpu-patch4-384-40-epochs": {**REAL_CPU, "arch": "small_cnn_patch4", "img_size": 384, "epochs": 40,
-                                      "patience": 40},
 }
 
 

@@ -182,7 +182,7 @@ def test_patch_stem_sees_every_pixel_at_the_cost_of_half_the_side() -> None:
     assert patch.get_layer("last_conv").output.shape[1:3] == plain.get_layer("last_conv").output.shape[1:3]
     # One changed pixel in any corner of a 4 x 4 patch changes the stem's output there.
     images = _random_images(1, 128, seed=2)
-    stem_model = keras.Model(patch.inputs, patch.get_layer("stem_conv").output)
+    stem_model = keras.Model(patch.input, patch.get_layer("stem_conv").output)
     base = keras.ops.convert_to_numpy(stem_model(images))
     for row, column in ((0, 0), (3, 3), (0, 3), (3, 0)):
         changed = images.copy()

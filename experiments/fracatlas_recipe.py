@@ -31,10 +31,12 @@ from sklearn.metrics import roc_auc_score
 
 from fracture_lib import config, datasets, evaluation, runs, train
 from fracture_lib.cache import build_cache
+from fracture_lib.preprocess import PreprocessSettings
 
 HERE = Path(__file__).resolve().parent
 MODELS_DIR = HERE / "models"
 RESULTS_DIR = HERE / "results"
+TEST_LOG = RESULTS_DIR / "fracatlas-test.jsonl"
 DEFAULT_DATA = config.PROJECT_ROOT.parent / "shared" / "fracatlas"
 
 # A modern from-scratch recipe: AdamW, warm-up then cosine decay, longer patience, richer augmentation.
@@ -117,12 +119,24 @@ def _write_line(path: Path, record: dict) -> None:
         handle.write(json.dumps(record, default=str) + "\n")
 
 
-def own_part_validation_films(run: runs.LoadedRun, data: Path) -> tuple:
-    """The validation films of the run's own part, as the run saw them: ``(images, frame)``."""
+def own_part_validation_films(run: runs.LoadedRun, data: Path, split: str = "val",
+                              preprocess: PreprocessSettings | None = None) -> tuple:
+    """The run's own part's films of ``split`` (validation by default): ``(images, frame)``.
+
+    Preprocessed as the run saw them, or with ``preprocess`` (another input size, say).
+    """
     _, subset = train.training_index(train.TrainConfig(**{key: value for key, value in run.config.items()
                                                           if key in train.TrainConfig.field_names()}))
     subset = train.own_part_rows(subset, run.config)
-    return build_cache(subset, data, run.preprocess, progress=False).select("val")
+    return build_cache(subset, data, preprocess or run.preprocess, progress=False).select(split)
+
+
+def refuse_second_look(name: str, part: str, seed: int | None = None) -> None:
+    """Exit if ``name`` (``part``, and ``seed`` unless None) has looked at the test split already."""
+    earlier = [json.loads(line) for line in TEST_LOG.read_text().splitlines()] if TEST_LOG.is_file() else []
+    if any(row["candidate"] == name and row["part"] == part and seed in (None, row["seed"]) for row in earlier):
+        which = part if seed is None else f"{part}, seed {seed}"
+        sys.exit(f"{name} ({which}) has been tested already: the test split is looked at once")
 
 
 def all_validation_films(data: Path, split_seed: int, preprocess) -> tuple:
@@ -176,10 +190,7 @@ def train_candidate(name: str, part: str, data: Path, seed: int = config.DEFAULT
 
 def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dict:
     """Look at the test split once for a finished candidate; refuse a second look."""
-    log = RESULTS_DIR / "fracatlas-test.jsonl"
-    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    if any(row["candidate"] == name and row["part"] == part and row["seed"] == seed for row in earlier):
-        sys.exit(f"{name} ({part}, seed {seed}) has been tested already: the test split is looked at once")
+    refuse_second_look(name, part, seed)
     run_dir = runs.run_dir_for(part, f"{name}-seed{seed}", MODELS_DIR)
     result = evaluation.evaluate_run(run_dir, n_boot=1000)
     headline = result.result.to_dict()["headline"]
@@ -187,7 +198,7 @@ def test_candidate(name: str, part: str, seed: int = config.DEFAULT_SEED) -> dic
               "test_auroc": headline["auroc"], "test_kappa": headline["kappa"],
               "threshold": result.result.threshold, "test_films": result.result.counts["test"]["study"]["n"],
               "looked": time.strftime("%Y-%m-%d %H:%M")}
-    _write_line(log, record)
+    _write_line(TEST_LOG, record)
     print(json.dumps(record))
     return record
 
@@ -228,10 +239,7 @@ def ensemble_val(name: str, part: str, seeds: list[int]) -> dict:
 def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
     """Look at the test split once for an ensemble: the members' mean probability, the threshold from val."""
     label = f"{name} x{len(seeds)} seeds"
-    log = RESULTS_DIR / "fracatlas-test.jsonl"
-    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    if any(row["candidate"] == label and row["part"] == part for row in earlier):
-        sys.exit(f"{label} ({part}) has been tested already: the test split is looked at once")
+    refuse_second_look(label, part)
     evaluations = [evaluation.evaluate_run(path, n_boot=10) for path in _member_dirs(name, part, seeds)]
     val = _average([item.val_predictions for item in evaluations])
     test = _average([item.predictions for item in evaluations])
@@ -241,7 +249,7 @@ def ensemble_test(name: str, part: str, seeds: list[int]) -> dict:
     record = {"candidate": label, "part": part, "seed": seeds, "tta": evaluations[0].run.config.get("tta", False),
               "test_auroc": headline["auroc"], "test_kappa": headline["kappa"], "threshold": result.threshold,
               "test_films": result.counts["test"]["study"]["n"], "looked": time.strftime("%Y-%m-%d %H:%M")}
-    _write_line(log, record)
+    _write_line(TEST_LOG, record)
     print(json.dumps(record))
     return record
 

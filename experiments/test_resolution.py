@@ -25,11 +25,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sklearn.metrics import roc_auc_score
 
 from fracture_lib import metrics, runs, train
-from fracture_lib.cache import build_cache
 from fracture_lib.models import build_model
 from fracture_lib.preprocess import PreprocessSettings
 
@@ -39,46 +39,39 @@ import fracatlas_recipe  # noqa: E402  (the validation films)
 SIZES = (224, 256, 288, 320, 352)
 
 
-def own_part_films(run: runs.LoadedRun, data: Path, split: str, size: int) -> tuple:
-    """The run's own part's films of ``split``, preprocessed at ``size``: ``(images, frame)``."""
-    values = {key: value for key, value in run.config.items() if key in train.TrainConfig.field_names()}
-    _, subset = train.training_index(train.TrainConfig(**{**values, "data_dir": str(data)}))
-    subset = train.own_part_rows(subset, run.config)
-    return build_cache(subset, data, PreprocessSettings(img_size=size, clahe=run.config["clahe"]),
-                       progress=False).select(split)
+def any_size_model(run: runs.LoadedRun) -> Any:
+    """The run's weights in the same network built for any input size."""
+    model = build_model(run.config["arch"], run.config["img_size"], seed=0, any_input_size=True)
+    model.set_weights(run.model.get_weights())
+    return model
 
 
-def score_split_once(run_dir: Path, data: Path, size: int, split: str) -> dict:
-    """AUROC and kappa with patient-bootstrap intervals of a run's weights scored at ``size`` on ``split``."""
+def score_own_part(run_dir: Path, data: Path, size: int, split: str) -> dict:
+    """AUROC and kappa with patient-bootstrap intervals, sensitivity and specificity at 0.5, of a run's
+    weights scored at ``size`` on its own part's films of ``split`` (flip TTA)."""
     run = runs.load_run(run_dir)
-    any_size = build_model(run.config["arch"], run.config["img_size"], seed=0, any_input_size=True)
-    any_size.set_weights(run.model.get_weights())
-    images, frame = own_part_films(run, data, split, size)
-    probabilities = train.predict_images(any_size, images, tta=True)
+    images, frame = fracatlas_recipe.own_part_validation_films(
+        run, data, split, PreprocessSettings(img_size=size, clahe=run.config["clahe"]))
+    probabilities = train.predict_images(any_size_model(run), images, tta=True)
     intervals = metrics.bootstrap_intervals(frame["label"].to_numpy(), probabilities,
                                             frame["patient"].to_numpy(), threshold=0.5, n_boot=1000)
-    name = run_dir.name.rsplit("-seed", 1)[0]
-    seed = int(run_dir.name.rsplit("-seed", 1)[1])
-    return {"candidate": f"{name}-scored-at-{size}", "part": run.config["body_part"], "seed": seed, "tta": True,
-            "split": split, "auroc": intervals.loc["auroc"].to_dict(), "kappa": intervals.loc["kappa"].to_dict(),
+    return {"auroc": intervals.loc["auroc"].to_dict(), "kappa": intervals.loc["kappa"].to_dict(),
             "sensitivity": float(intervals.loc["sensitivity", "value"]),
-            "specificity": float(intervals.loc["specificity", "value"]), "threshold": 0.5, "films": int(len(frame))}
+            "specificity": float(intervals.loc["specificity", "value"]), "films": int(len(frame))}
 
 
 def test_once(run_dir: Path, data: Path, size: int) -> dict:
     """Look at the test split once for a run scored at ``size``; refuse a second look."""
-    log = HERE / "results" / "fracatlas-test.jsonl"
-    record = score_split_once(run_dir, data, size, "val")
-    print("validation, as a check of the scoring:", json.dumps(record), flush=True)
-    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    if any(row["candidate"] == record["candidate"] and row["part"] == record["part"] for row in earlier):
-        sys.exit(f"{record['candidate']} ({record['part']}) has been tested already: the test split is looked at once")
-    record = score_split_once(run_dir, data, size, "test")
-    record = {"candidate": record["candidate"], "part": record["part"], "seed": record["seed"], "tta": True,
-              "test_auroc": record["auroc"], "test_kappa": record["kappa"], "sensitivity": record["sensitivity"],
-              "specificity": record["specificity"], "threshold": 0.5, "test_films": record["films"],
+    name, seed = run_dir.name.rsplit("-seed", 1)
+    candidate, seed, part = f"{name}-scored-at-{size}", int(seed), runs.load_run(run_dir).config["body_part"]
+    print("validation, as a check of the scoring:", json.dumps(score_own_part(run_dir, data, size, "val")), flush=True)
+    fracatlas_recipe.refuse_second_look(candidate, part)
+    scores = score_own_part(run_dir, data, size, "test")
+    record = {"candidate": candidate, "part": part, "seed": seed, "tta": True, "test_auroc": scores["auroc"],
+              "test_kappa": scores["kappa"], "sensitivity": scores["sensitivity"],
+              "specificity": scores["specificity"], "threshold": 0.5, "test_films": scores["films"],
               "looked": time.strftime("%Y-%m-%d %H:%M")}
-    fracatlas_recipe._write_line(log, record)
+    fracatlas_recipe._write_line(fracatlas_recipe.TEST_LOG, record)
     print(json.dumps(record))
     return record
 
@@ -100,9 +93,7 @@ def main() -> None:
     rows = []
     for run_dir in arguments.run_dirs:
         run = runs.load_run(run_dir)
-        # The run's weights in the same network built for any input size.
-        any_size = build_model(run.config["arch"], run.config["img_size"], seed=0, any_input_size=True)
-        any_size.set_weights(run.model.get_weights())
+        any_size = any_size_model(run)
         for size in arguments.sizes:
             images, frame = fracatlas_recipe.all_validation_films(
                 arguments.data, run.config["split_seed"], PreprocessSettings(img_size=size, clahe=run.config["clahe"]))
